@@ -1,0 +1,1 @@
+#include "grass/masked_sjlt.h"

@@ -1,0 +1,1 @@
+#include "grass/factgrass.h"

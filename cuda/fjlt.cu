@@ -1,0 +1,1 @@
+#include "grass/fjlt.h"

@@ -1,0 +1,1 @@
+#include "grass/kron.h"

@@ -1,0 +1,33 @@
+"""grass: scalable data attribution with sub-linear gradient compression.
+
+The kernels live in ``grass.ops`` (SJLT, masks, GraSS, FJLT, Kronecker reconstruction,
+FactGraSS, Cholesky iFVP). The attribution pipeline (``Attributor`` and the compressors)
+is imported on first use, so ``import grass`` stays cheap.
+"""
+from importlib import import_module as _import_module
+
+from . import ops
+from .ops import build_info, cuda_available
+
+__version__ = build_info()["version"]
+
+# Public names provided by submodules, loaded lazily.
+_LAZY = {
+    "Attributor": "grass.attributor",
+    "compress": "grass.compress",
+    "capture": "grass.capture",
+    "store": "grass.store",
+    "precondition": "grass.precondition",
+    "score": "grass.score",
+    "reference": "grass.reference",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        module = _import_module(_LAZY[name])
+        return getattr(module, name) if name == "Attributor" else module
+    raise AttributeError(f"module 'grass' has no attribute {name!r}")
+
+
+__all__ = ["ops", "build_info", "cuda_available", "__version__", *_LAZY]
