@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Build grass from this checkout and run every test: C++ (ctest), the embedding
+# examples, benchmark smoke runs, and the Python suite (pytest).
+# Installs what it needs; safe to run on a fresh machine with Python >= 3.9 and a C++ compiler.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+JOBS=${JOBS:-$(nproc)}
+BUILD=${BUILD_DIR:-build/ci}
+
+echo "== Python dependencies"
+# torch is pinned: an unpinned requirement would pull several GB of CUDA wheels on a CPU machine.
+"$PY" -m pip install -q --upgrade pip
+"$PY" -c "import torch" 2>/dev/null || "$PY" -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
+"$PY" -m pip install -q "scikit-build-core>=0.10" "nanobind>=2.0" numpy scipy pytest tqdm matplotlib
+
+echo "== C++ library, tests and benchmarks (CUDA kernels built when nvcc is present)"
+cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGRASS_ENABLE_CUDA=AUTO
+cmake --build "$BUILD" -j "$JOBS"
+ctest --test-dir "$BUILD" --output-on-failure -j "$JOBS"
+
+echo "== Benchmark smoke runs (correctness of the harness, not timings)"
+"$BUILD"/bench/cpp/bench_sketch --quick
+"$BUILD"/bench/cpp/bench_ifvp --quick
+
+echo "== Embedding: find_package(grass) after cmake --install, and add_subdirectory"
+PREFIX="$PWD/$BUILD/prefix"
+cmake --install "$BUILD" --prefix "$PREFIX" >/dev/null
+cmake -S examples/embed_find_package -B "$BUILD/ex_find" -G Ninja -DCMAKE_PREFIX_PATH="$PREFIX"
+cmake --build "$BUILD/ex_find"
+"$BUILD/ex_find/sketch_rows"
+cmake -S examples/embed_subdirectory -B "$BUILD/ex_subdir" -G Ninja -DGRASS_ENABLE_CUDA=OFF
+cmake --build "$BUILD/ex_subdir" -j "$JOBS"
+"$BUILD/ex_subdir/sketch_rows"
+
+echo "== Python package and tests"
+"$PY" -m pip install -q --no-build-isolation .
+# Run from outside the source tree so the installed package (with its compiled module) is imported.
+cd tests/python
+set +e
+"$PY" -m pytest -q -rs
+rc=$?
+set -e
+# pytest exits 5 when it collected no tests: that is a failure of this script, not a pass.
+if [ "$rc" -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi
+exit "$rc"
