@@ -1,1 +1,180 @@
+// Fused FactGraSS on the CPU: y[b] = S z[b] with z[b] = vec(G'_b^T A'_b), never forming
+// the [B, k_in * k_out] matrix z.
+//
+// Per sample, the masked factors are gathered into thread-local buffers A' [T, k_in] and
+// G' [T, rows], then z is formed NR output rows o' at a time (an [NR, k_in] tile, with
+// the same register-blocked kernel and summation order as kron_cpu) and immediately
+// scattered into y[b] with the SJLT codes of columns o' * k_in + i'.
+//
+// The (bucket, sign) codes depend only on the column, so they are hashed once per call
+// and shared read-only by all threads, which amortises the hashing over the batch.
+// Memory: 4 bytes per (column, replica), i.e. 4 * k_in * k_out * s bytes, capped at
+// kCodeBudget codes (16 MiB): larger problems run in tiles of output rows o', each tile's
+// codes hashed once and the factors re-gathered per tile (a cost of T * k_in per sample
+// and tile, small next to the T * k_in * rows products of the tile).
+//
+// Determinism: y[b] is owned by one thread per tile and receives its columns in
+// ascending order (o' then i', replicas in order), so the result is bitwise reproducible
+// for any thread count and adds up in the same column order as sjlt_cpu on z.
 #include "grass/factgrass.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "grass/check.h"
+#include "grass/hash.h"
+#include "grass/mask.h"
+
+namespace grass {
+
+namespace {
+
+constexpr int64_t kCodeBudget = int64_t{1} << 22;  // codes per tile (4 bytes each)
+constexpr int kVW = 32;                            // z columns per micro-tile
+constexpr int kNR = 4;                             // z rows per micro-tile
+
+// z[q, i] = sum_t G[t, q] * A[t, i] for q < NR, i < w: the same expression, order and
+// starting value as kron_cpu's micro-kernel, so a masked kron then sjlt gives the same z.
+template <int NR>
+void z_micro(const float* A, int64_t lda, const float* G, int64_t ldg, int64_t T, int64_t w,
+             float* z, int64_t ldz) {
+  float acc[NR][kVW];
+  for (int q = 0; q < NR; ++q)
+    for (int i = 0; i < kVW; ++i) acc[q][i] = 0.0f;
+  if (w == kVW) {
+    for (int64_t t = 0; t < T; ++t) {
+      const float* at = A + t * lda;
+      const float* gt = G + t * ldg;
+      for (int q = 0; q < NR; ++q) {
+        const float gq = gt[q];
+#pragma omp simd
+        for (int i = 0; i < kVW; ++i) acc[q][i] += gq * at[i];
+      }
+    }
+  } else {
+    for (int64_t t = 0; t < T; ++t) {
+      const float* at = A + t * lda;
+      const float* gt = G + t * ldg;
+      for (int q = 0; q < NR; ++q) {
+        const float gq = gt[q];
+#pragma omp simd
+        for (int64_t i = 0; i < w; ++i) acc[q][i] += gq * at[i];
+      }
+    }
+  }
+  for (int q = 0; q < NR; ++q)
+    for (int64_t i = 0; i < w; ++i) z[q * ldz + i] = acc[q][i];
+}
+
+// Forms NR rows of z from A' [T, k_in] and G' (columns q0.. of [T, ldg]) into z [NR, k_in].
+template <int NR>
+void z_rows(const float* A, int64_t k_in, const float* G, int64_t ldg, int64_t T, float* z) {
+  for (int64_t i = 0; i < k_in; i += kVW)
+    z_micro<NR>(A + i, k_in, G, ldg, T, std::min<int64_t>(kVW, k_in - i), z + i, k_in);
+}
+
+// Packed code of one (column, replica): bucket in the low 31 bits (k < 2^31), sign bit
+// (1 = negative) on top.
+constexpr uint32_t kNegBit = 0x80000000u;
+
+}  // namespace
+
+void factgrass_cpu(const void* a /* [B, T, d_in] */, const void* g /* [B, T, d_out] */,
+                   DType dtype, const KronShape& shape, const int64_t* idx_in /* [k_in] */,
+                   int64_t k_in, const int64_t* idx_out /* [k_out] */, int64_t k_out,
+                   float* y /* [B, k] */, const SjltParams& params) {
+  GRASS_CHECK(dtype == DType::F32 || dtype == DType::F16 || dtype == DType::BF16,
+              "dtype must be float32, float16 or bfloat16, got %s", dtype_name(dtype));
+  const int64_t B = shape.B, T = shape.T, d_in = shape.d_in, d_out = shape.d_out;
+  GRASS_CHECK(B >= 0, "shape.B must be >= 0, got %lld", (long long)B);
+  GRASS_CHECK(T >= 1, "shape.T must be >= 1, got %lld", (long long)T);
+  GRASS_CHECK(d_in >= 1, "shape.d_in must be >= 1, got %lld", (long long)d_in);
+  GRASS_CHECK(d_out >= 1, "shape.d_out must be >= 1, got %lld", (long long)d_out);
+  GRASS_CHECK(k_in >= 1, "k_in must be >= 1, got %lld", (long long)k_in);
+  GRASS_CHECK(k_out >= 1, "k_out must be >= 1, got %lld", (long long)k_out);
+  GRASS_CHECK(k_out <= INT64_MAX / k_in, "k_in * k_out overflows int64 (k_in = %lld, k_out = %lld)",
+              (long long)k_in, (long long)k_out);
+  check_sjlt_params(params);
+  const int64_t d_aug = shape.d_in_aug();
+  GRASS_CHECK(idx_in != nullptr && idx_out != nullptr, "idx_in and idx_out must not be null");
+  // idx_in may name d_in, the ones column, only with bias: check_indices against d_in'.
+  check_indices(idx_in, k_in, d_aug, shape.bias ? "idx_in (in [0, d_in + 1) with bias)" : "idx_in");
+  check_indices(idx_out, k_out, d_out, "idx_out");
+  if (B == 0) return;
+  GRASS_CHECK(a != nullptr && g != nullptr && y != nullptr, "a, g and y must not be null");
+
+  const int64_t k = params.k, s = params.s;
+  const SjltHash hash(params.seed, k, s);
+  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(s)));
+  // Output rows o' per tile, so that a tile's codes stay within kCodeBudget.
+  const int64_t tile_rows = std::max<int64_t>(1, std::min(k_out, kCodeBudget / (k_in * s)));
+  std::vector<uint32_t> codes(static_cast<size_t>(tile_rows * k_in * s));  // [tile cols, s]
+  uint32_t* code_ptr = codes.data();
+
+  dispatch_float_dtype(dtype, [&](auto tag) {
+    using Storage = typename decltype(tag)::storage;
+    const Storage* as = static_cast<const Storage*>(a);
+    const Storage* gs = static_cast<const Storage*>(g);
+#pragma omp parallel
+    {
+      std::vector<float> a_buf(static_cast<size_t>(T * k_in));       // A' [T, k_in]
+      std::vector<float> g_buf(static_cast<size_t>(T * tile_rows));  // G' [T, rows]
+      std::vector<float> z_buf(static_cast<size_t>(kNR * k_in));     // z tile [NR, k_in]
+      for (int64_t o_begin = 0; o_begin < k_out; o_begin += tile_rows) {
+        const int64_t rows = std::min(tile_rows, k_out - o_begin);
+        const int64_t cols = rows * k_in;
+        const int64_t col0 = o_begin * k_in;
+        // Hash this tile's codes once (in parallel); the loop's barrier publishes them.
+#pragma omp for schedule(static)
+        for (int64_t c = 0; c < cols; ++c) {
+          for (int64_t r = 0; r < s; ++r) {
+            int64_t bucket;
+            int neg;
+            hash.code(col0 + c, r, &bucket, &neg);
+            code_ptr[c * s + r] = static_cast<uint32_t>(bucket) | (neg ? kNegBit : 0u);
+          }
+        }
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < B; ++b) {
+          float* yb = y + b * k;
+          if (o_begin == 0) std::fill(yb, yb + k, 0.0f);
+          const Storage* ab = as + b * T * d_in;
+          const Storage* gb = gs + b * T * d_out;
+          for (int64_t t = 0; t < T; ++t) {
+            float* at = a_buf.data() + t * k_in;
+            for (int64_t i = 0; i < k_in; ++i) {
+              const int64_t src = idx_in[i];
+              at[i] = src == d_in ? 1.0f : load_as_float(ab, t * d_in + src, tag);
+            }
+            float* gt = g_buf.data() + t * rows;
+            for (int64_t q = 0; q < rows; ++q)
+              gt[q] = load_as_float(gb, t * d_out + idx_out[o_begin + q], tag);
+          }
+          for (int64_t o = 0; o < rows;) {
+            const int nr = rows - o >= kNR ? kNR : 1;
+            if (nr == kNR)
+              z_rows<kNR>(a_buf.data(), k_in, g_buf.data() + o, rows, T, z_buf.data());
+            else
+              z_rows<1>(a_buf.data(), k_in, g_buf.data() + o, rows, T, z_buf.data());
+            // Scatter the nr rows of z: column (o_begin + o + q) * k_in + i of S.
+            const uint32_t* cq = code_ptr + o * k_in * s;
+            const int64_t n = nr * k_in;
+            for (int64_t e = 0; e < n; ++e) {
+              const float v = z_buf[e] * scale;
+              for (int64_t r = 0; r < s; ++r) {
+                const uint32_t c = cq[e * s + r];
+                float& dst = yb[c & ~kNegBit];
+                dst += (c & kNegBit) ? -v : v;
+              }
+            }
+            o += nr;
+          }
+        }
+      }
+    }
+  });
+}
+
+}  // namespace grass
