@@ -1,1 +1,362 @@
+// Batched Cholesky iFVP on the CPU, float64, no LAPACK.
+//
+// fisher_accumulate_cpu: per block, a blocked SYRK. Work items are (block, tile I, tile
+//   J <= I) of kTile x kTile entries; each item streams G in chunks of kChunk rows,
+//   converts its two column panels to float64 and runs an MR x NR register-blocked
+//   outer-product kernel, then adds the tile (and its mirror) into F.
+// cholesky_factor_cpu: right-looking blocked Cholesky per block with panels of kPanel
+//   columns: factor the diagonal block, solve the rows below it, update the trailing
+//   matrix with the same outer-product kernel (parallel over tiles). Small blocks are
+//   factored one per thread; large ones one at a time with the threads inside.
+// cholesky_solve_cpu: per (block, group of kRhs right-hand sides): forward substitution
+//   in dot form (row i of L against the solved prefix), backward in axpy form (row i of
+//   L is column i of L^T), both reusing each row of L across the group.
+//
+// Determinism: every output element is computed by one thread in a fixed order that
+// does not depend on the thread count.
 #include "grass/ifvp.h"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "grass/check.h"
+
+namespace grass {
+
+namespace {
+
+constexpr int64_t kTile = 128;     // SYRK tile edge (entries of F)
+constexpr int64_t kChunk = 256;    // rows of G per packed chunk
+constexpr int64_t kPanel = 64;     // Cholesky panel width
+constexpr int64_t kRhs = 8;        // right-hand sides solved together
+constexpr int64_t kSmallBlock = 256;  // blocks up to this size are factored one per thread
+constexpr int MR = 8, NR = 16;     // register block of the outer-product kernel
+
+// C[q, j] += alpha * sum_{m < kc} A[m * lda + q] * Bm[m * ldb + j] for q < h, j < w.
+// The full MR x NR case keeps the accumulators in registers (16 zmm with AVX-512).
+void outer_product_kernel(const double* A, int64_t lda, const double* Bm, int64_t ldb, int64_t kc,
+                          double* C, int64_t ldc, double alpha, int64_t h, int64_t w) {
+  double acc[MR][NR];
+  for (int q = 0; q < MR; ++q)
+    for (int j = 0; j < NR; ++j) acc[q][j] = 0.0;
+  if (h == MR && w == NR) {
+    for (int64_t m = 0; m < kc; ++m) {
+      const double* a = A + m * lda;
+      const double* b = Bm + m * ldb;
+      for (int q = 0; q < MR; ++q) {
+        const double aq = a[q];
+#pragma omp simd
+        for (int j = 0; j < NR; ++j) acc[q][j] += aq * b[j];
+      }
+    }
+  } else {
+    for (int64_t m = 0; m < kc; ++m) {
+      const double* a = A + m * lda;
+      const double* b = Bm + m * ldb;
+      for (int64_t q = 0; q < h; ++q) {
+        const double aq = a[q];
+        for (int64_t j = 0; j < w; ++j) acc[q][j] += aq * b[j];
+      }
+    }
+  }
+  for (int64_t q = 0; q < h; ++q)
+    for (int64_t j = 0; j < w; ++j) C[q * ldc + j] += alpha * acc[q][j];
+}
+
+// C [h, w] (ldc) += alpha * A^T B for panels A [kc, h] (lda) and B [kc, w] (ldb).
+void panel_product(const double* A, int64_t lda, const double* Bm, int64_t ldb, int64_t kc,
+                   int64_t h, int64_t w, double* C, int64_t ldc, double alpha) {
+  for (int64_t q0 = 0; q0 < h; q0 += MR)
+    for (int64_t j0 = 0; j0 < w; j0 += NR)
+      outer_product_kernel(A + q0, lda, Bm + j0, ldb, kc, C + q0 * ldc + j0, ldc, alpha,
+                           std::min<int64_t>(MR, h - q0), std::min<int64_t>(NR, w - j0));
+}
+
+// Validates block_sizes against K and returns the column offset of each block and the
+// offset of each block's matrix in the packed layout.
+struct Layout {
+  std::vector<int64_t> col;     // [L + 1] column offsets
+  std::vector<int64_t> packed;  // [L + 1] offsets of packed matrices
+};
+Layout make_layout(const int64_t* block_sizes, int64_t num_blocks) {
+  Layout lay;
+  ifvp_packed_size(block_sizes, num_blocks);  // validates the sizes
+  lay.col.resize(num_blocks + 1);
+  lay.packed.resize(num_blocks + 1);
+  lay.col[0] = lay.packed[0] = 0;
+  for (int64_t l = 0; l < num_blocks; ++l) {
+    lay.col[l + 1] = lay.col[l] + block_sizes[l];
+    lay.packed[l + 1] = lay.packed[l] + block_sizes[l] * block_sizes[l];
+  }
+  return lay;
+}
+
+void check_blocks_cover(const Layout& lay, int64_t K) {
+  GRASS_CHECK(lay.col.back() == K,
+              "block_sizes must sum to K = %lld (the columns of the matrix), got sum %lld", (long long)K,
+              (long long)lay.col.back());
+}
+
+// Loads rows [r0, r0 + nr) and columns [c0, c0 + nc) of G [*, K] into P [nr, nc] as float64.
+void load_panel(const void* G, DType dtype, int64_t K, int64_t r0, int64_t nr, int64_t c0, int64_t nc,
+                double* P) {
+  if (dtype == DType::F64) {
+    const double* g = static_cast<const double*>(G);
+    for (int64_t r = 0; r < nr; ++r)
+      for (int64_t c = 0; c < nc; ++c) P[r * nc + c] = g[(r0 + r) * K + c0 + c];
+  } else {
+    const float* g = static_cast<const float*>(G);
+    for (int64_t r = 0; r < nr; ++r)
+      for (int64_t c = 0; c < nc; ++c) P[r * nc + c] = static_cast<double>(g[(r0 + r) * K + c0 + c]);
+  }
+}
+
+// --- Cholesky of one block ------------------------------------------------------------
+
+// Factors A [n, n] (row-major, lower triangle read and written) in place. Returns -1 on
+// success, else the first pivot that is not positive (A is then partly overwritten).
+// `parallel` lets the row solves and the trailing updates use the threads.
+int64_t factor_block(double* A, int64_t n, bool parallel, double* pivot_value) {
+  std::vector<double> panel_t;  // the panel below the diagonal block, transposed [kb, nt]
+  for (int64_t k0 = 0; k0 < n; k0 += kPanel) {
+    const int64_t kb = std::min(kPanel, n - k0);
+    // 1. The diagonal block, left-looking (its trailing updates from earlier panels are in).
+    for (int64_t c = 0; c < kb; ++c) {
+      double* rc = A + (k0 + c) * n + k0;
+      double d = rc[c];
+      for (int64_t m = 0; m < c; ++m) d -= rc[m] * rc[m];
+      if (!(d > 0.0) || !std::isfinite(d)) {
+        *pivot_value = d;
+        return k0 + c;
+      }
+      const double l = std::sqrt(d);
+      rc[c] = l;
+      for (int64_t i = c + 1; i < kb; ++i) {
+        double* ri = A + (k0 + i) * n + k0;
+        double v = ri[c];
+        for (int64_t m = 0; m < c; ++m) v -= ri[m] * rc[m];
+        ri[c] = v / l;
+      }
+    }
+    const int64_t r0 = k0 + kb, nt = n - r0;
+    if (nt == 0) break;
+    // 2. Rows below: L[i, panel] = A[i, panel] L_kk^{-T}, each row independently.
+    panel_t.resize(static_cast<size_t>(kb * nt));
+    double* pt = panel_t.data();
+#pragma omp parallel for schedule(static) if (parallel)
+    for (int64_t i = 0; i < nt; ++i) {
+      double* ri = A + (r0 + i) * n + k0;
+      for (int64_t c = 0; c < kb; ++c) {
+        const double* rc = A + (k0 + c) * n + k0;
+        double v = ri[c];
+        for (int64_t m = 0; m < c; ++m) v -= ri[m] * rc[m];
+        ri[c] = v / rc[c];
+        pt[c * nt + i] = ri[c];
+      }
+    }
+    // 3. Trailing update, lower tiles: A[I, J] -= P_I P_J^T.
+    const int64_t tiles = (nt + kTile - 1) / kTile;
+    const int64_t pairs = tiles * (tiles + 1) / 2;
+#pragma omp parallel for schedule(dynamic, 1) if (parallel)
+    for (int64_t t = 0; t < pairs; ++t) {
+      int64_t I = static_cast<int64_t>((std::sqrt(8.0 * t + 1) - 1) / 2);
+      while (I * (I + 1) / 2 > t) --I;
+      while ((I + 1) * (I + 2) / 2 <= t) ++I;
+      const int64_t J = t - I * (I + 1) / 2;
+      const int64_t i0 = I * kTile, j0 = J * kTile;
+      const int64_t h = std::min(kTile, nt - i0), w = std::min(kTile, nt - j0);
+      panel_product(pt + i0, nt, pt + j0, nt, kb, h, w, A + (r0 + i0) * n + r0 + j0, n, -1.0);
+    }
+  }
+  return -1;
+}
+
+}  // namespace
+
+int64_t ifvp_packed_size(const int64_t* block_sizes, int64_t num_blocks) {
+  GRASS_CHECK(num_blocks >= 1, "num_blocks must be >= 1, got %lld", (long long)num_blocks);
+  GRASS_CHECK(block_sizes != nullptr, "block_sizes must not be null");
+  int64_t total = 0;
+  for (int64_t l = 0; l < num_blocks; ++l) {
+    const int64_t b = block_sizes[l];
+    GRASS_CHECK(b >= 1, "block_sizes[%lld] must be >= 1, got %lld", (long long)l, (long long)b);
+    GRASS_CHECK(b <= (int64_t{1} << 31) && b * b <= INT64_MAX - total,
+                "block_sizes[%lld] = %lld makes the packed size overflow int64", (long long)l,
+                (long long)b);
+    total += b * b;
+  }
+  return total;
+}
+
+void fisher_accumulate_cpu(const void* G /* [N, K] */, DType dtype, int64_t N, int64_t K,
+                           const int64_t* block_sizes, int64_t num_blocks, double* F /* packed */) {
+  GRASS_CHECK(dtype == DType::F32 || dtype == DType::F64, "dtype of G must be float32 or float64, got %s",
+              dtype_name(dtype));
+  GRASS_CHECK(N >= 0, "N must be >= 0, got %lld", (long long)N);
+  GRASS_CHECK(K >= 1, "K must be >= 1, got %lld", (long long)K);
+  const Layout lay = make_layout(block_sizes, num_blocks);
+  check_blocks_cover(lay, K);
+  GRASS_CHECK(F != nullptr, "F must not be null");
+  if (N == 0) return;
+  GRASS_CHECK(G != nullptr, "G must not be null");
+
+  // Work items: (block, I, J <= I) tiles over all blocks.
+  struct Item { int64_t l, i0, j0; };
+  std::vector<Item> items;
+  for (int64_t l = 0; l < num_blocks; ++l) {
+    const int64_t n = block_sizes[l];
+    for (int64_t i0 = 0; i0 < n; i0 += kTile)
+      for (int64_t j0 = 0; j0 <= i0; j0 += kTile) items.push_back({l, i0, j0});
+  }
+  const int64_t num_items = static_cast<int64_t>(items.size());
+#pragma omp parallel
+  {
+    std::vector<double> pa(static_cast<size_t>(kChunk * kTile)), pb(pa.size());
+    std::vector<double> tile(static_cast<size_t>(kTile * kTile));
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t t = 0; t < num_items; ++t) {
+      const Item it = items[t];
+      const int64_t n = block_sizes[it.l], c0 = lay.col[it.l];
+      const int64_t h = std::min(kTile, n - it.i0), w = std::min(kTile, n - it.j0);
+      const bool diag = it.i0 == it.j0;
+      std::fill(tile.begin(), tile.begin() + h * w, 0.0);
+      for (int64_t r0 = 0; r0 < N; r0 += kChunk) {
+        const int64_t nr = std::min(kChunk, N - r0);
+        load_panel(G, dtype, K, r0, nr, c0 + it.i0, h, pa.data());
+        if (!diag) load_panel(G, dtype, K, r0, nr, c0 + it.j0, w, pb.data());
+        panel_product(pa.data(), h, diag ? pa.data() : pb.data(), w, nr, h, w, tile.data(), w, 1.0);
+      }
+      double* Fl = F + lay.packed[it.l];
+      for (int64_t i = 0; i < h; ++i)
+        for (int64_t j = 0; j < w; ++j) Fl[(it.i0 + i) * n + it.j0 + j] += tile[i * w + j];
+      if (!diag)  // the mirror tile; disjoint from every other item's writes
+        for (int64_t i = 0; i < h; ++i)
+          for (int64_t j = 0; j < w; ++j) Fl[(it.j0 + j) * n + it.i0 + i] += tile[i * w + j];
+    }
+  }
+}
+
+void cholesky_factor_cpu(double* F /* packed */, const int64_t* block_sizes, int64_t num_blocks,
+                         const double* damping /* [L] */) {
+  const Layout lay = make_layout(block_sizes, num_blocks);
+  GRASS_CHECK(F != nullptr, "F must not be null");
+  GRASS_CHECK(damping != nullptr, "damping must not be null");
+  for (int64_t l = 0; l < num_blocks; ++l)
+    GRASS_CHECK(std::isfinite(damping[l]) && damping[l] >= 0.0,
+                "damping[%lld] must be finite and >= 0, got %g", (long long)l, damping[l]);
+
+  // The diagonal as it came, so that a failure can restore every block: the algorithm
+  // reads and writes only the lower triangle, and the upper still holds the input.
+  std::vector<double> diag(static_cast<size_t>(lay.col.back()));
+  for (int64_t l = 0; l < num_blocks; ++l) {
+    const int64_t n = block_sizes[l];
+    double* A = F + lay.packed[l];
+    for (int64_t i = 0; i < n; ++i) {
+      diag[lay.col[l] + i] = A[i * n + i];
+      A[i * n + i] += damping[l];
+    }
+  }
+  std::vector<int64_t> bad_pivot(static_cast<size_t>(num_blocks), -1);
+  std::vector<double> bad_value(static_cast<size_t>(num_blocks), 0.0);
+  // Small blocks: one per thread. Large blocks: one at a time, threads inside.
+  std::vector<int64_t> small, large;
+  for (int64_t l = 0; l < num_blocks; ++l) (block_sizes[l] <= kSmallBlock ? small : large).push_back(l);
+  const int64_t num_small = static_cast<int64_t>(small.size());
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t t = 0; t < num_small; ++t) {
+    const int64_t l = small[t];
+    bad_pivot[l] = factor_block(F + lay.packed[l], block_sizes[l], false, &bad_value[l]);
+  }
+  for (int64_t l : large) bad_pivot[l] = factor_block(F + lay.packed[l], block_sizes[l], true, &bad_value[l]);
+
+  int64_t failed = -1;
+  for (int64_t l = 0; l < num_blocks && failed < 0; ++l)
+    if (bad_pivot[l] >= 0) failed = l;
+  if (failed >= 0) {
+    // Leave F as it came: the lower triangle from the (untouched) upper, and the diagonal.
+    for (int64_t l = 0; l < num_blocks; ++l) {
+      const int64_t n = block_sizes[l];
+      double* A = F + lay.packed[l];
+      for (int64_t i = 0; i < n; ++i) {
+        for (int64_t j = 0; j < i; ++j) A[i * n + j] = A[j * n + i];
+        A[i * n + i] = diag[lay.col[l] + i];
+      }
+    }
+    GRASS_CHECK(false,
+                "block %lld (size %lld) is not positive definite: pivot %lld is %g after damping %g; "
+                "raise damping (F was left unchanged)",
+                (long long)failed, (long long)block_sizes[failed], (long long)bad_pivot[failed],
+                bad_value[failed], damping[failed]);
+  }
+  for (int64_t l = 0; l < num_blocks; ++l) {
+    const int64_t n = block_sizes[l];
+    double* A = F + lay.packed[l];
+    for (int64_t i = 0; i < n; ++i) std::fill(A + i * n + i + 1, A + (i + 1) * n, 0.0);
+  }
+}
+
+void cholesky_solve_cpu(const double* L /* packed */, const int64_t* block_sizes, int64_t num_blocks,
+                        const void* V /* [M, K] */, DType dtype, int64_t M, int64_t K,
+                        void* X /* [M, K] */) {
+  GRASS_CHECK(dtype == DType::F32 || dtype == DType::F64, "dtype of V must be float32 or float64, got %s",
+              dtype_name(dtype));
+  GRASS_CHECK(M >= 0, "M must be >= 0, got %lld", (long long)M);
+  GRASS_CHECK(K >= 1, "K must be >= 1, got %lld", (long long)K);
+  const Layout lay = make_layout(block_sizes, num_blocks);
+  check_blocks_cover(lay, K);
+  GRASS_CHECK(L != nullptr, "L must not be null");
+  if (M == 0) return;
+  GRASS_CHECK(V != nullptr && X != nullptr, "V and X must not be null");
+
+  const int64_t groups = (M + kRhs - 1) / kRhs;
+  const int64_t items = groups * num_blocks;
+  int64_t max_block = 0;
+  for (int64_t l = 0; l < num_blocks; ++l) max_block = std::max(max_block, block_sizes[l]);
+#pragma omp parallel
+  {
+    std::vector<double> W(static_cast<size_t>(kRhs * max_block));
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t t = 0; t < items; ++t) {
+      const int64_t l = t / groups, g = t % groups;
+      const int64_t n = block_sizes[l], c0 = lay.col[l];
+      const int64_t r0 = g * kRhs, nr = std::min(kRhs, M - r0);
+      const double* Ll = L + lay.packed[l];
+      double* w = W.data();
+      load_panel(V, dtype, K, r0, nr, c0, n, w);
+      // Forward: L z = v.
+      for (int64_t i = 0; i < n; ++i) {
+        const double* li = Ll + i * n;
+        for (int64_t r = 0; r < nr; ++r) {
+          double* wr = w + r * n;
+          double dot = 0.0;
+#pragma omp simd reduction(+ : dot)
+          for (int64_t m = 0; m < i; ++m) dot += li[m] * wr[m];
+          wr[i] = (wr[i] - dot) / li[i];
+        }
+      }
+      // Backward: L^T x = z; x_i is final once all j > i are done.
+      for (int64_t i = n - 1; i >= 0; --i) {
+        const double* li = Ll + i * n;
+        for (int64_t r = 0; r < nr; ++r) {
+          double* wr = w + r * n;
+          const double xi = wr[i] / li[i];
+          wr[i] = xi;
+#pragma omp simd
+          for (int64_t m = 0; m < i; ++m) wr[m] -= xi * li[m];
+        }
+      }
+      if (dtype == DType::F64) {
+        double* x = static_cast<double*>(X);
+        for (int64_t r = 0; r < nr; ++r)
+          for (int64_t c = 0; c < n; ++c) x[(r0 + r) * K + c0 + c] = w[r * n + c];
+      } else {
+        float* x = static_cast<float*>(X);
+        for (int64_t r = 0; r < nr; ++r)
+          for (int64_t c = 0; c < n; ++c) x[(r0 + r) * K + c0 + c] = static_cast<float>(w[r * n + c]);
+      }
+    }
+  }
+}
+
+}  // namespace grass
