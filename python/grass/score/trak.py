@@ -1,0 +1,177 @@
+"""TRAK (Park et al., "TRAK: Attributing Model Behavior at Scale", ICML 2023) on grass's
+compressed gradients.
+
+For a classifier with correct-class probability p(z; θ), TRAK's model output is the
+margin f(z; θ) = log(p / (1 − p)). Per checkpoint m, with Φ_m [N, K] the compressed
+(projected) training gradients of f, φ_m(z) the test one and Q_m = diag(1 − p_i):
+
+    τ_m(z, i) = φ_m(z)ᵀ (Φ_mᵀ Φ_m + λI)⁻¹ φ_m(z_i) · (1 − p_i)
+
+The kernel Φᵀ Φ is one K×K block over all layers (``block_diagonal=False``, as in TRAK),
+or one block per layer. Ensembling over checkpoints: ``ensemble="mean"`` averages the
+per-checkpoint scores τ_m; ``ensemble="trak"`` is the paper's estimator, the mean over
+checkpoints of the kernel term times the mean of Q (the paper's optional soft
+thresholding is not applied). Positive = helpful, as everywhere in grass.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, List, Optional, Sequence, Tuple
+
+import torch
+
+from .checkpoints import checkpoint_weights
+from .stream import ScoreTerm, full_scores, top_k_scores
+
+__all__ = ["classification_margin", "correct_class_probability", "MarginTarget", "trak_terms",
+           "TRAK"]
+
+
+def _check_logits(logits: torch.Tensor, labels: torch.Tensor) -> None:
+    if logits.dim() != 2 or labels.dim() != 1 or labels.shape[0] != logits.shape[0]:
+        raise ValueError(f"expected logits [B, C] and labels [B], got {tuple(logits.shape)} and "
+                         f"{tuple(labels.shape)}")
+    if logits.shape[1] < 2:
+        raise ValueError(f"the margin needs at least 2 classes, got logits {tuple(logits.shape)}")
+
+
+def classification_margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """log(p_y / (1 − p_y)) = z_y − logsumexp_{j≠y} z_j per sample [B], computed stably."""
+    _check_logits(logits, labels)
+    y = labels.long().unsqueeze(1)
+    correct = logits.gather(1, y).squeeze(1)
+    others = logits.scatter(1, y, float("-inf"))
+    return correct - torch.logsumexp(others, dim=1)
+
+
+def correct_class_probability(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """p_y = softmax(logits)[y] per sample [B]."""
+    _check_logits(logits, labels)
+    return torch.softmax(logits, dim=1).gather(1, labels.long().unsqueeze(1)).squeeze(1)
+
+
+class MarginTarget:
+    """``fn(model, batch) -> [B]`` margins, from ``output_fn(model, batch) -> (logits [B, C],
+    labels [B])``; usable as both the training function and the target of an Attributor."""
+
+    def __init__(self, output_fn: Callable):
+        if not callable(output_fn):
+            raise TypeError(f"output_fn must be callable, got {type(output_fn).__name__}")
+        self.output_fn = output_fn
+
+    def __call__(self, model, batch) -> torch.Tensor:
+        logits, labels = self.output_fn(model, batch)
+        return classification_margin(logits, labels)
+
+    def probabilities(self, model, batch) -> torch.Tensor:
+        with torch.no_grad():
+            logits, labels = self.output_fn(model, batch)
+            return correct_class_probability(logits.float(), labels)
+
+
+def trak_terms(test_features: Sequence[torch.Tensor], train: Sequence[Any],
+               probabilities: Sequence[torch.Tensor], preconditioners: Sequence[Any], *,
+               ensemble: str = "mean") -> List[ScoreTerm]:
+    """Score terms of TRAK over checkpoints m (see the module docstring).
+
+    test_features[m]: φ_m(z) [M, K]; train[m]: Φ_m (GradientStore or [N, K]);
+    probabilities[m]: p_i [N]; preconditioners[m]: solves (Φ_mᵀΦ_m/N + λI) — its
+    ``num_rows`` N turns that into (Φ_mᵀΦ_m + NλI)⁻¹ = (1/N)(Φ_mᵀΦ_m/N + λI)⁻¹.
+    """
+    if ensemble not in ("mean", "trak"):
+        raise ValueError(f"ensemble must be 'mean' or 'trak', got {ensemble!r}")
+    c = len(test_features)
+    if not c or not (len(train) == len(probabilities) == len(preconditioners) == c):
+        raise ValueError("test_features, train, probabilities and preconditioners need one "
+                         f"entry per checkpoint; got {len(test_features)}, {len(train)}, "
+                         f"{len(probabilities)}, {len(preconditioners)}")
+    qs = [1.0 - torch.as_tensor(p, dtype=torch.float64).flatten() for p in probabilities]
+    if ensemble == "trak":
+        mean_q = torch.stack(qs).mean(0)
+        qs = [mean_q] * c
+    terms = []
+    for phi, rows, q, pre in zip(test_features, train, qs, preconditioners):
+        queries = pre.solve(phi) / float(pre.num_rows)
+        terms.append(ScoreTerm(queries, rows, weights=q.float(), scale=1.0 / c))
+    return terms
+
+
+class TRAK:
+    """TRAK scores with grass compressors as the projection, over one or more checkpoints.
+
+    ``output_fn(model, batch) -> (logits [B, C], labels [B])``. Each checkpoint gets its
+    own gradient store under ``store/checkpoint-<i>``; the model's own weights are
+    restored after every step.
+    """
+
+    def __init__(self, model: torch.nn.Module, output_fn: Callable, compressor, *, store: str,
+                 checkpoints: Optional[Sequence[Any]] = None, layers=None,
+                 include_flat: bool = False, dtype: str = "float32", device=None,
+                 block_diagonal: bool = False, ensemble: str = "mean", progress: bool = True):
+        from ..attributor import Attributor
+        if ensemble not in ("mean", "trak"):
+            raise ValueError(f"ensemble must be 'mean' or 'trak', got {ensemble!r}")
+        self.model = model
+        self.margin = MarginTarget(output_fn)
+        self.checkpoints = [None] if checkpoints is None else list(checkpoints)
+        if not self.checkpoints:
+            raise ValueError("checkpoints must hold at least one checkpoint (or be None)")
+        self.block_diagonal = block_diagonal
+        self.ensemble = ensemble
+        self.progress = progress
+        self.attributors = [
+            Attributor(model, self.margin, compressor=compressor, layers=layers,
+                       store=os.path.join(os.fspath(store), f"checkpoint-{i}"),
+                       target_fn=self.margin, dtype=dtype, device=device,
+                       include_flat=include_flat, progress=progress)
+            for i in range(len(self.checkpoints))]
+        self._probabilities: List[Optional[torch.Tensor]] = [None] * len(self.checkpoints)
+
+    def _each(self):
+        for i, (ckpt, attr) in enumerate(zip(self.checkpoints, self.attributors)):
+            with checkpoint_weights(self.model, ckpt):
+                yield i, attr
+
+    def cache(self, train_loader) -> None:
+        """Projected margin gradients Φ_m and probabilities p_i per checkpoint (resumable)."""
+        for i, attr in self._each():
+            store = attr.cache(train_loader)
+            path = os.path.join(attr.run_dir, "trak_probabilities.pt")
+            saved = torch.load(path, weights_only=True) if os.path.exists(path) else None
+            if saved is not None and saved.get("store") == store.digest:
+                self._probabilities[i] = saved["p"]
+                continue
+            p = torch.cat([self.margin.probabilities(attr.model, attr.to_device(b)).cpu()
+                           for b in train_loader]).double()
+            if p.numel() != store.num_rows:
+                raise ValueError(f"the loader yielded {p.numel()} examples, the store holds "
+                                 f"{store.num_rows}")
+            torch.save({"store": store.digest, "p": p}, path)
+            self._probabilities[i] = p
+
+    def fit(self, damping=None, *, relative: bool = True) -> "TRAK":
+        """Factor each checkpoint's kernel Φᵀ Φ/N + λI (default λ: 1e-3 of the mean
+        eigenvalue; TRAK itself uses none, which fails when the kernel is singular)."""
+        if damping is None:
+            damping, relative = 1e-3, True
+        for i, attr in self._each():
+            if self._probabilities[i] is None:
+                raise RuntimeError("call cache(train_loader) before fit()")
+            attr.fit(damping=damping, relative=relative, block_diagonal=self.block_diagonal)
+        return self
+
+    def _terms(self, test) -> List[ScoreTerm]:
+        feats, rows, pres = [], [], []
+        for i, attr in self._each():
+            feats.append(attr.test_gradients(test))
+            rows.append(attr.train_store())
+            pres.append(attr.preconditioner)
+        return trak_terms(feats, rows, self._probabilities, pres, ensemble=self.ensemble)
+
+    def scores(self, test, *, out=None) -> torch.Tensor:
+        """TRAK scores [M, N] for a test loader (or one [M, K] tensor per checkpoint)."""
+        return full_scores(self._terms(test), out=out, progress=self.progress, desc="TRAK")
+
+    def top_k(self, test, k: int = 10, *, largest: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
+        return top_k_scores(self._terms(test), k, largest=largest, progress=self.progress,
+                            desc="TRAK (top-k)")
