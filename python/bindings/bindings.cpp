@@ -258,6 +258,11 @@ void sjlt_csr(const In& indptr, const In& indices, const In& values, const Out& 
   const auto* ip = static_cast<const int64_t*>(indptr.data());
   const auto* ix = static_cast<const int64_t*>(indices.data());
   float* y = static_cast<float*>(out.data());
+  // The kernel checks indptr[0] == 0 and that indptr is non-decreasing, but cannot know
+  // nnz: an indptr[B] beyond it would read past indices and values.
+  if (device == Device::CPU && ip[B] != nnz)
+    fail(fn, "indptr[B] must equal nnz = %lld, got indptr[%lld] = %lld", (long long)nnz,
+         (long long)B, (long long)ip[B]);
   require_cuda_build(fn, device);
   nb::gil_scoped_release release;
   if (device == Device::CPU) {

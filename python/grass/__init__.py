@@ -1,15 +1,16 @@
 """grass: scalable data attribution with sub-linear gradient compression.
 
 The kernels live in ``grass.ops`` (SJLT, masks, GraSS, FJLT, Kronecker reconstruction,
-FactGraSS, Cholesky iFVP). The attribution pipeline (``Attributor`` and the compressors)
-is imported on first use, so ``import grass`` stays cheap.
+FactGraSS, Cholesky iFVP), their plain-torch twins in ``grass.reference``. The attribution
+pipeline (``Attributor`` and the compressors) is imported on first use, so ``import grass``
+stays cheap and never initialises CUDA.
 """
 from importlib import import_module as _import_module
 
-from . import ops
+from . import _C, ops
 from .ops import build_info, cuda_available
 
-__version__ = build_info()["version"]
+__version__ = _C.__version__
 
 # Public names provided by submodules, loaded lazily.
 _LAZY = {
@@ -20,6 +21,7 @@ _LAZY = {
     "precondition": "grass.precondition",
     "score": "grass.score",
     "reference": "grass.reference",
+    "testing": "grass.testing",
 }
 
 
