@@ -9,8 +9,8 @@
 //
 // CUDA arrays go to the *_cuda twins (compiled with GRASS_WITH_CUDA) on the stream the
 // caller passes as an integer (torch.cuda.current_stream().cuda_stream); the caller also
-// makes the arrays' device current. Index arrays on CUDA are not range-checked here (that
-// would need a device copy): grass.ops checks them on the device before the call.
+// makes the arrays' device current. The CPU kernels range-check index arrays themselves;
+// on CUDA that would need a device copy, so grass.ops checks them on the device first.
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/string.h>
@@ -358,7 +358,6 @@ void mask_gather(const In& x, const In& idx, const Out& out, [[maybe_unused]] ui
   require_cuda_build(fn, device);
   nb::gil_scoped_release release;
   if (device == Device::CPU) {
-    grass::check_indices(ip, kp, p, "idx");
     grass::mask_gather_cpu(x.data(), dtype, B, p, ip, kp, op);
   } else {
     GRASS_CUDA_CALL(
@@ -390,7 +389,6 @@ void masked_sjlt(const In& x, const In& idx, const Out& out, int64_t k, int64_t 
   require_cuda_build(fn, device);
   nb::gil_scoped_release release;
   if (device == Device::CPU) {
-    grass::check_indices(ip, kp, p, "idx");
     grass::masked_sjlt_cpu(x.data(), dtype, B, p, ip, kp, y, params);
   } else {
     GRASS_CUDA_CALL(grass::masked_sjlt_cuda(x.data(), dtype, B, p, ip, kp, y, params,
@@ -522,8 +520,6 @@ void factgrass(const In& a, const In& g, const In& idx_in, const In& idx_out, co
   require_cuda_build(fn, device);
   nb::gil_scoped_release release;
   if (device == Device::CPU) {
-    grass::check_indices(ii, k_in, shape.d_in_aug(), "idx_in");
-    grass::check_indices(io, k_out, shape.d_out, "idx_out");
     grass::factgrass_cpu(a.data(), g.data(), dtype, shape, ii, k_in, io, k_out, y, params);
   } else {
     GRASS_CUDA_CALL(grass::factgrass_cuda(a.data(), g.data(), dtype, shape, ii, k_in, io, k_out,

@@ -474,6 +474,9 @@ def _factors(fn: str, a, g):
         at, gt = at.unsqueeze(1), gt.unsqueeze(1)
     if gt.shape[:2] != at.shape[:2]:
         _fail(fn, f"g must match a in B and T, got a {_shape(at)} and g {_shape(gt)}")
+    if at.shape[2] < 1 or gt.shape[2] < 1:
+        _fail(fn, f"a and g must have d_in >= 1 and d_out >= 1 features, got a {_shape(at)} "
+                  f"and g {_shape(gt)}")
     return at, gt, aa.from_numpy
 
 
@@ -646,8 +649,7 @@ def cholesky_factor(F, block_sizes, damping):
 
     Afterwards the lower triangle of each block holds L_l and its strict upper triangle
     is zero. A block that is not positive definite raises ValueError naming it (raise the
-    damping); blocks before it have then been factored already, so keep a copy of F if
-    you want to retry.
+    damping) and leaves F unchanged, so the caller can retry with more damping.
 
     Args:
         F: packed float64 [sum k_l^2] (from :func:`fisher_accumulate`), CPU (C++ core) or
@@ -666,12 +668,17 @@ def cholesky_factor(F, block_sizes, damping):
     if ft.device.type == "cpu":
         _C.cholesky_factor(ft, sizes_t, damp)
     else:
+        # All factors first, then the copy: a failure leaves F as it came (as on the CPU).
+        factors = []
         for l, (b, Fl) in enumerate(zip(sizes, _blocks(ft, sizes))):
             A = Fl + float(damp[l]) * torch.eye(b, dtype=torch.float64, device=ft.device)
             factor, info = torch.linalg.cholesky_ex(A)
             if int(info) != 0:
-                _fail(fn, f"block {l} (size {b}) is not positive definite with damping "
-                          f"{float(damp[l])} (leading minor {int(info)} failed); raise the damping")
+                _fail(fn, f"block {l} (size {b}) is not positive definite: leading minor "
+                          f"{int(info)} fails after damping {float(damp[l])}; raise damping "
+                          f"(F was left unchanged)")
+            factors.append(factor)
+        for Fl, factor in zip(_blocks(ft, sizes), factors):
             Fl.copy_(factor)
     return F
 

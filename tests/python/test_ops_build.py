@@ -1,0 +1,81 @@
+"""grass.build_info, grass.cuda_available, the device list of grass.testing, and the
+binding's behaviour around threads (the GIL is released while kernels run)."""
+import importlib.metadata
+import sys
+import threading
+import time
+
+import pytest
+import torch
+
+import grass
+from grass import ops, testing
+
+
+def test_build_info():
+    info = grass.build_info()
+    assert info["version"] == grass.__version__ == importlib.metadata.version("grass")
+    assert isinstance(info["cuda_compiled"], bool)
+    assert info["openmp_max_threads"] >= 1
+    assert info["simd"] in {"avx512f", "avx2", "sse2", "neon", "none"}
+    assert info["compiler"]
+    assert (info["cuda_available"], info["cuda_reason"]) == grass.cuda_available()
+
+
+def test_cuda_available_says_why_not():
+    ok, reason = grass.cuda_available()
+    assert isinstance(ok, bool) and isinstance(reason, str)
+    assert ok == (reason == "")
+    if not grass.build_info()["cuda_compiled"]:
+        assert not ok and "without CUDA" in reason
+    if not torch.cuda.is_available():
+        assert not ok
+    assert (torch.device("cuda") in testing.devices) == ok
+
+
+def test_concurrent_calls_agree_with_serial(gen):
+    x = torch.randn(64, 5000, generator=gen)
+    expected = [ops.sjlt(x, 256, s=2, seed=seed) for seed in range(4)]
+    results = [None] * 4
+
+    def work(i):
+        for _ in range(3):
+            results[i] = ops.sjlt(x, 256, s=2, seed=i)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for r, e in zip(results, expected):
+        assert torch.equal(r, e)
+
+
+def test_gil_is_released_during_kernels():
+    """While one thread is inside a long kernel, another thread runs Python code. With the
+    GIL held, no Python code could run between the kernel's start and end."""
+    n = 1400  # a dense Cholesky of n^3 / 3 flops: long enough to observe, small in memory
+    F = torch.eye(n, dtype=torch.float64).reshape(-1) * 2.0
+    window = {}
+
+    def kernel():
+        window["start"] = time.perf_counter()
+        ops.cholesky_factor(F, [n], 0.0)
+        window["end"] = time.perf_counter()
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-4)
+    try:
+        stamps = []
+        thread = threading.Thread(target=kernel)
+        thread.start()
+        while thread.is_alive():
+            stamps.append(time.perf_counter())
+        thread.join()
+    finally:
+        sys.setswitchinterval(old)
+    start, end = window["start"], window["end"]
+    margin = 0.2 * (end - start)
+    inside = [t for t in stamps if start + margin < t < end - margin]
+    assert inside, f"no Python progress during a {end - start:.3f} s kernel: the GIL was held"
+    torch.testing.assert_close(F.view(n, n), (2.0 ** 0.5) * torch.eye(n, dtype=torch.float64))
