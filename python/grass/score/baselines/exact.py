@@ -14,14 +14,13 @@ import copy
 from typing import Callable, Optional, Tuple
 
 import torch
-from torch.utils._pytree import tree_map
 
 from ...capture.select import discover_layers
 from ...precondition import BlockFisher, Preconditioner
 from ..influence import influence_queries, self_influence as _self_influence
 from ..stream import ScoreTerm, full_scores, top_k_scores
 from ..targets import resolve_target
-from .functional import ParamSpace, per_sample_gradients
+from .functional import ParamSpace, move_batch, per_sample_gradients
 
 __all__ = ["ExactInfluence"]
 
@@ -46,12 +45,7 @@ class ExactInfluence:
         self.preconditioner: Optional[Preconditioner] = None
 
     def _to(self, batch):
-        def conv(x):
-            if isinstance(x, torch.Tensor):
-                x = x.to(self.device)
-                return x.to(self.dtype) if x.is_floating_point() else x
-            return x
-        return tree_map(conv, batch)
+        return move_batch(batch, self.device, self.dtype)
 
     def gradients(self, loader, fn: Callable) -> torch.Tensor:
         """Explicit per-sample gradients [n, P] of ``fn`` over a loader."""

@@ -10,12 +10,22 @@ from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad, jvp, vjp, vmap
-from torch.utils._pytree import tree_flatten, tree_unflatten
+from torch.func import functional_call, grad, vmap
+from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 from ...capture.batch import batch_size, per_sample_dims
 
-__all__ = ["ParamSpace", "per_sample_gradients", "mean_value", "hvp"]
+__all__ = ["ParamSpace", "per_sample_gradients", "Curvature", "hvp", "move_batch"]
+
+
+def move_batch(batch, device, dtype: torch.dtype = None):
+    """The batch's tensors on ``device``; floating-point ones cast to ``dtype`` if given."""
+    def conv(x):
+        if not isinstance(x, torch.Tensor):
+            return x
+        x = x.to(device)
+        return x.to(dtype) if dtype is not None and x.is_floating_point() else x
+    return tree_map(conv, batch)
 
 
 class _Call(nn.Module):
@@ -99,40 +109,59 @@ def per_sample_gradients(space: ParamSpace, fn: Callable, batch) -> torch.Tensor
     return space.flatten(grads, batch_dims=1)
 
 
-def mean_value(space: ParamSpace, fn: Callable, batch) -> Callable[[torch.Tensor], torch.Tensor]:
-    """θ (flat) -> mean over the batch of fn(model, batch) at θ."""
-    b = batch_size(batch)
+class Curvature:
+    """Curvature-vector products at the current parameters for the batch mean of ``fn``,
+    by reverse-over-reverse autograd; the graph is built once per batch and reused for
+    every vector.
 
-    def f(flat):
-        return _check_per_sample(space.call(fn, space.unflatten(flat), batch), b, "fn").mean()
-    return f
+    kind="hessian": H v with H = ∇² mean fn.
+    kind="gauss_newton": Jᵀ H_out J v with ``output_fn(model, batch)`` the network outputs
+    and ``output_loss_fn(outputs, batch) -> [B]`` the loss on them (J v by the double-vjp
+    trick, so no forward-mode AD is needed).
+    """
+
+    def __init__(self, space: ParamSpace, fn: Callable, batch, *, kind: str = "hessian",
+                 output_fn: Callable = None, output_loss_fn: Callable = None):
+        b = batch_size(batch)
+        self.theta = space.flatten(space.current()).detach().requires_grad_(True)
+        params = space.unflatten(self.theta)
+        self.kind = kind
+        with torch.enable_grad():
+            if kind == "hessian":
+                value = _check_per_sample(space.call(fn, params, batch), b, "fn").mean()
+                self.grad = torch.autograd.grad(value, self.theta, create_graph=True)[0]
+            elif kind == "gauss_newton":
+                if output_fn is None or output_loss_fn is None:
+                    raise ValueError("curvature='gauss_newton' needs output_fn(model, batch) and "
+                                     "output_loss_fn(outputs, batch)")
+                self.out = space.call(output_fn, params, batch)
+                self.u = torch.zeros_like(self.out, requires_grad=True)
+                self.jt_u = torch.autograd.grad(self.out, self.theta, self.u, create_graph=True)[0]
+                self.o = self.out.detach().requires_grad_(True)
+                loss = _check_per_sample(output_loss_fn(self.o, batch), b, "output_loss_fn").mean()
+                self.grad_o = torch.autograd.grad(loss, self.o, create_graph=True)[0]
+            else:
+                raise ValueError(f"curvature must be 'hessian' or 'gauss_newton', got {kind!r}")
+
+    def _apply(self, v: torch.Tensor) -> torch.Tensor:
+        def g(out, inp, cot):
+            return torch.autograd.grad(out, inp, cot, retain_graph=True)[0]
+        if self.kind == "hessian":
+            return g(self.grad, self.theta, v)
+        jv = g(self.jt_u, self.u, v)
+        hjv = g(self.grad_o, self.o, jv)
+        return g(self.out, self.theta, hjv)
+
+    def matvec(self, V: torch.Tensor) -> torch.Tensor:
+        """[P] -> [P] or [M, P] -> [M, P] (one backward pass per vector)."""
+        with torch.enable_grad():
+            if V.dim() == 1:
+                return self._apply(V).detach()
+            return torch.stack([self._apply(v) for v in V]).detach()
 
 
 def hvp(space: ParamSpace, fn: Callable, batch, v: torch.Tensor, *, curvature: str = "hessian",
         output_fn: Callable = None, output_loss_fn: Callable = None) -> torch.Tensor:
-    """Curvature-vector product at the current parameters for the batch mean of ``fn``.
-
-    curvature="hessian": H v with H = ∇² mean fn (forward-over-reverse).
-    curvature="gauss_newton": Jᵀ H_out J v with ``output_fn(model, batch)`` the network
-    outputs and ``output_loss_fn(outputs, batch) -> [B]`` the loss on them.
-    """
-    theta = space.flatten(space.current())
-    if curvature == "hessian":
-        return jvp(grad(mean_value(space, fn, batch)), (theta,), (v,))[1]
-    if curvature == "gauss_newton":
-        if output_fn is None or output_loss_fn is None:
-            raise ValueError("curvature='gauss_newton' needs output_fn(model, batch) and "
-                             "output_loss_fn(outputs, batch)")
-        b = batch_size(batch)
-
-        def outputs(flat):
-            return space.call(output_fn, space.unflatten(flat), batch)
-
-        def loss_on(o):
-            return _check_per_sample(output_loss_fn(o, batch), b, "output_loss_fn").mean()
-
-        out, jv = jvp(outputs, (theta,), (v,))
-        hjv = jvp(grad(loss_on), (out,), (jv,))[1]
-        _, pullback = vjp(outputs, theta)
-        return pullback(hjv)[0]
-    raise ValueError(f"curvature must be 'hessian' or 'gauss_newton', got {curvature!r}")
+    """One curvature-vector product (see `Curvature`)."""
+    return Curvature(space, fn, batch, kind=curvature, output_fn=output_fn,
+                     output_loss_fn=output_loss_fn).matvec(v)

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from ...capture.select import discover_layers
 from ..targets import resolve_target
-from .functional import ParamSpace, hvp, per_sample_gradients
+from .functional import Curvature, ParamSpace, move_batch, per_sample_gradients
 
 __all__ = ["lissa_ihvp", "LiSSA"]
 
@@ -57,11 +57,13 @@ def lissa_ihvp(space: ParamSpace, loss_fn: Callable, vectors: torch.Tensor, batc
         for _ in range(repeats):
             h = V.clone()
             it = _cycle(batches)
+            last = (None, None)  # a batch seen again (e.g. one full batch) reuses its graph
             for _ in range(depth):
-                batch = to_device(next(it))
-                Hh = torch.stack([hvp(space, loss_fn, batch, row, curvature=curvature,
-                                      output_fn=output_fn, output_loss_fn=output_loss_fn)
-                                  for row in h])
+                raw = next(it)
+                if raw is not last[0]:
+                    last = (raw, Curvature(space, loss_fn, to_device(raw), kind=curvature,
+                                           output_fn=output_fn, output_loss_fn=output_loss_fn))
+                Hh = last[1].matvec(h)
                 h = V + h - (Hh + damping * h) / scale
                 if not bool(torch.isfinite(h).all()):
                     raise FloatingPointError(
@@ -94,8 +96,7 @@ class LiSSA:
         self.progress = progress
 
     def _to(self, batch):
-        from ...attributor import to_device
-        return to_device(batch, self.device)
+        return move_batch(batch, self.device)
 
     def target_gradients(self, test_loader) -> torch.Tensor:
         return torch.cat([per_sample_gradients(self.space, self.target_fn, self._to(b))
