@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numbers
 import warnings
-from typing import Optional, Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -42,8 +42,6 @@ _SKETCH_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _GATHER_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _FISHER_DTYPES = (torch.float32, torch.float64)
 _CUDA_COMPILED = bool(_C.build_info()["cuda_compiled"])
-
-TensorLike = Union[torch.Tensor, np.ndarray]
 
 
 # ----------------------------------------------------------------------------- checks
@@ -135,15 +133,12 @@ def _check_same_device(fn: str, name: str, t: torch.Tensor, ref_name: str, ref: 
         _fail(fn, f"{name} must be on {ref_name}'s device {ref.device}, got {t.device}")
 
 
-def _check_cpu(fn: str, name: str, t: torch.Tensor, why: str = ""):
-    if t.device.type != "cpu":
-        _fail(fn, f"{name} must be a CPU tensor{why}, got device {t.device}")
-
-
-def _check_contiguous(fn: str, name: str, t: torch.Tensor):
+def _check_contiguous(fn: str, name: str, t: torch.Tensor, written: bool = False):
     if not t.is_contiguous():
+        hint = ("it is written in place, so pass a contiguous tensor" if written
+                else f"call {name}.contiguous() first")
         _fail(fn, f"{name} must be contiguous (C order), got shape {_shape(t)} with strides "
-                  f"{tuple(t.stride())}; call {name}.contiguous() first")
+                  f"{tuple(t.stride())}; {hint}")
 
 
 def _input(fn: str, name: str, value, ndims, layout: str, dtypes, dtype_hint: str = "") -> _Arg:
@@ -193,7 +188,7 @@ def _output(fn: str, out, shape: Tuple[int, ...], dtype: torch.dtype, ref_name: 
         _fail(fn, f"out must have shape {tuple(shape)}, got {_shape(t)}")
     _check_dtype(fn, "out", t, (dtype,))
     _check_same_device(fn, "out", t, ref_name, ref)
-    _check_contiguous(fn, "out", t)
+    _check_contiguous(fn, "out", t, written=True)
     return arg
 
 
@@ -558,8 +553,9 @@ def _block_sizes(fn: str, block_sizes) -> Tuple[list, torch.Tensor]:
 
 
 def _packed(fn: str, name: str, F, sizes, ref_name: Optional[str] = None,
-            ref: Optional[torch.Tensor] = None) -> _Arg:
-    fa = _as_tensor(fn, name, F, writable=True)
+            ref: Optional[torch.Tensor] = None, writable: bool = True) -> _Arg:
+    """A packed float64 [sum k_l^2] tensor (written in place unless writable=False)."""
+    fa = _as_tensor(fn, name, F, writable=writable)
     ft = fa.tensor
     packed = sum(b * b for b in sizes)
     if tuple(ft.shape) != (packed,):
@@ -569,7 +565,7 @@ def _packed(fn: str, name: str, F, sizes, ref_name: Optional[str] = None,
     _check_device(fn, name, ft)
     if ref is not None:
         _check_same_device(fn, name, ft, ref_name, ref)
-    _check_contiguous(fn, name, ft)
+    _check_contiguous(fn, name, ft, written=writable)
     return fa
 
 
@@ -700,7 +696,7 @@ def cholesky_solve(L, block_sizes, V, *, out=None):
     sizes, sizes_t = _block_sizes(fn, block_sizes)
     va = _input(fn, "V", V, 2, "[M, K]", _FISHER_DTYPES)
     vt = va.tensor
-    La = _packed(fn, "L", L, sizes, "V", vt)
+    La = _packed(fn, "L", L, sizes, "V", vt, writable=False)
     K = sum(sizes)
     if vt.shape[1] != K:
         _fail(fn, f"V must have K = sum(block_sizes) = {K} columns, got shape {_shape(vt)}")

@@ -5,7 +5,6 @@ import sys
 import threading
 import time
 
-import pytest
 import torch
 
 import grass
