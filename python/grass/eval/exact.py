@@ -18,6 +18,7 @@ eigenvalue), or absolute per layer.
 """
 from __future__ import annotations
 
+import copy
 from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import torch
@@ -52,9 +53,10 @@ class ExactInfluence:
     def __init__(self, model: nn.Module, loss_fn: Callable, x_train: torch.Tensor,
                  y_train: torch.Tensor, layers: Optional[Sequence[str]] = None,
                  batch_size: int = 1024):
-        self.model = model
+        # A private float64 copy: the user's model is left as it is.
+        self.model = copy.deepcopy(model).double()
         self.loss_fn = loss_fn
-        self.layers = _linear_layers(model, layers)
+        self.layers = _linear_layers(self.model, layers)
         self.batch_size = batch_size
         self.n = int(x_train.shape[0])
         self.train_factors = self._factors(x_train, y_train, loss_fn)
@@ -81,6 +83,8 @@ class ExactInfluence:
         try:
             for i in range(0, x.shape[0], self.batch_size):
                 xb, yb = x[i:i + self.batch_size], y[i:i + self.batch_size]
+                if xb.is_floating_point():
+                    xb = xb.double()
                 vals = fn(self.model, (xb, yb))
                 if vals.dim() != 1:
                     raise ValueError(f"the function must return per-sample values [B], got shape "

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -33,7 +34,7 @@ from .models import build
 from .objectives import accuracy, cross_entropy, evaluate, target_fn
 from .train import TrainConfig, train
 
-__all__ = ["GroundTruthConfig", "GroundTruth", "subset_indices", "subset_masks", "LDSResult",
+__all__ = ["GroundTruthConfig", "GroundTruth", "torch_threads", "subset_indices", "subset_masks", "LDSResult",
            "score_lds", "choose_damping", "split_test"]
 
 FORMAT_VERSION = 1
@@ -58,6 +59,22 @@ class GroundTruthConfig:
     def to_dict(self) -> dict:
         return {"model": self.model, "train": self.train.to_dict(), "target": self.target,
                 "n_models": self.n_models, "alpha": self.alpha, "seed": self.seed}
+
+
+@contextmanager
+def torch_threads(n: Optional[int]):
+    """Run a block with ``n`` intra-op torch threads (None: unchanged)."""
+    if n is None:
+        yield
+        return
+    if n < 1:
+        raise ValueError(f"threads must be >= 1, got {n}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _hash(obj) -> str:
@@ -169,8 +186,14 @@ class GroundTruth:
         return targets, accuracy(model, s.x_test, s.y_test)
 
     def build(self, progress: bool = True, max_models: Optional[int] = None,
-              desc: str = "ground truth: training subset models") -> "GroundTruth":
-        """Train the models not yet on disk (at most ``max_models`` of them)."""
+              desc: str = "ground truth: training subset models",
+              threads: Optional[int] = None) -> "GroundTruth":
+        """Train the models not yet on disk (at most ``max_models`` of them), with
+        ``threads`` torch threads (default: torch's setting; 1 is fastest for tiny models)."""
+        with torch_threads(threads):
+            return self._build(progress, max_models, desc)
+
+    def _build(self, progress, max_models, desc) -> "GroundTruth":
         todo = self.missing()
         if max_models is not None:
             todo = todo[:max_models]
