@@ -17,6 +17,10 @@ class NegativeLoss:
     def __call__(self, model, batch) -> torch.Tensor:
         return -self.loss_fn(model, batch)
 
+    def __grass_fingerprint__(self):
+        from ..store.fingerprint import hash_callable
+        return {"negative_of": hash_callable(self.loss_fn)}
+
     def __repr__(self) -> str:
         return f"NegativeLoss({getattr(self.loss_fn, '__qualname__', self.loss_fn)!r})"
 

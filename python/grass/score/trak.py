@@ -63,6 +63,10 @@ class MarginTarget:
         logits, labels = self.output_fn(model, batch)
         return classification_margin(logits, labels)
 
+    def __grass_fingerprint__(self):
+        from ..store.fingerprint import hash_callable
+        return {"margin_of": hash_callable(self.output_fn)}
+
     def probabilities(self, model, batch) -> torch.Tensor:
         with torch.no_grad():
             logits, labels = self.output_fn(model, batch)

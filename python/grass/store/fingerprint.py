@@ -77,13 +77,17 @@ def hash_module(model: torch.nn.Module) -> str:
 
 def hash_callable(fn: Optional[Callable]) -> Optional[Dict[str, str]]:
     """Identity of a loss or target function: its qualified name and a hash of its source
-    (or, when the source is unavailable, of its bytecode). ``None`` stays ``None``.
+    (or, when the source is unavailable, of its bytecode). ``None`` stays ``None``. An
+    object with a ``__grass_fingerprint__()`` method describes itself.
 
     Functions whose behaviour depends on state outside their source (closures over
     mutable objects, module globals) are fingerprinted by name and source only.
     """
     if fn is None:
         return None
+    custom = getattr(fn, "__grass_fingerprint__", None)
+    if custom is not None:  # wrappers (e.g. f = −loss) describe themselves
+        return custom()
     if isinstance(fn, torch.nn.Module):
         return {"name": f"{type(fn).__module__}.{type(fn).__qualname__}",
                 "state": hash_module(fn)}

@@ -1,0 +1,448 @@
+"""The Attributor: the one object most users touch.
+
+    attr = grass.Attributor(model, loss_fn, compressor=grass.compress.FactGraSS(k=4096),
+                            store="runs/mnist")
+    attr.cache(train_loader)            # compressed training gradients -> store (resumable)
+    attr.fit()                          # block-diagonal Fisher, damping, Cholesky
+    scores = attr.scores(test_loader)   # [M, N]  τ(test, train), positive = helpful
+    values, indices = attr.top_k(test_loader, k=10)
+    attr.self_influence()               # [N]
+
+A run directory (``store=``) holds everything a later process needs:
+
+    <store>/train/              the training-gradient store (docs/store.md)
+    <store>/test-<name>/        cached test gradients (cache_test)
+    <store>/compressor.pt       learned compressor state (selective masks)
+    <store>/fisher.pt           the accumulated Fisher (refits with a new damping reuse it)
+    <store>/preconditioner.pt   the Cholesky factors and their damping
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import tempfile
+import warnings
+import weakref
+from collections.abc import Sequence
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
+
+import torch
+from torch.utils._pytree import tree_map
+
+from .capture.batch import batch_size
+from .precondition import BlockFisher, IdentityPreconditioner, Preconditioner, choose_damping
+from .score import ScoreTerm, full_scores, resolve_target, self_influence, top_k_scores
+from .score.influence import influence_queries
+from .store import (FORMAT_VERSION, GradientStore, StoreWriter, check_fingerprint, fill_store,
+                    hash_batch, hash_callable, hash_module)
+from .store.store import _check_dtype
+
+__all__ = ["Attributor", "to_device"]
+
+_METHODS = ("fisher", "datainf", "identity")
+
+
+def to_device(batch: Any, device) -> Any:
+    """The batch's tensors moved to ``device`` (other leaves unchanged)."""
+    return tree_map(lambda x: x.to(device) if isinstance(x, torch.Tensor) else x, batch)
+
+
+def _atomic_save(obj: Any, path: str) -> None:
+    tmp = path + ".tmp"
+    torch.save(obj, tmp)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _num_examples(loader, given: Optional[int]) -> int:
+    if given is not None:
+        if int(given) < 1:
+            raise ValueError(f"num_examples must be >= 1, got {given}")
+        return int(given)
+    dataset = getattr(loader, "dataset", None)
+    if dataset is not None and hasattr(dataset, "__len__"):
+        return len(dataset)
+    if isinstance(loader, Sequence):
+        return sum(batch_size(b) for b in loader)
+    raise ValueError("cannot tell how many examples the loader yields (it has no sized "
+                     "dataset); pass num_examples=")
+
+
+def _check_fixed_order(loader, what: str) -> None:
+    sampler = getattr(loader, "sampler", None)
+    if isinstance(sampler, torch.utils.data.RandomSampler):
+        raise ValueError(f"the {what} loader shuffles (shuffle=True): row i of the store must be "
+                         "example i, so use a loader with shuffle=False")
+    if getattr(loader, "drop_last", False):
+        raise ValueError(f"the {what} loader has drop_last=True, which drops examples; use "
+                         "drop_last=False")
+
+
+class Attributor:
+    """Influence scores with compressed per-sample gradients (see the module docstring).
+
+    Args:
+        model: any ``torch.nn.Module``; its weights define the run (they are fingerprinted).
+        loss_fn: ``loss_fn(model, batch) -> Tensor[B]``, per-sample training losses.
+        compressor: a compressor spec from ``grass.compress`` (e.g. ``FactGraSS(k=4096)``,
+            ``Identity()`` for exact gradients on small models).
+        layers: which layers to attribute: None (every linear layer), module names, or
+            module types (see ``grass.capture.discover_layers``).
+        store: the run directory; None uses a temporary one, removed with the Attributor.
+        target_fn: ``target_fn(model, batch) -> Tensor[B]``, what test attributions explain;
+            default −loss_fn (the log-likelihood of the label).
+        dtype: how training gradients are stored: "float32", "float16" or "bfloat16".
+        device: where gradients are computed; default: the model's device.
+        seed: seed of the Attributor's own sampling (mask fitting); compressors carry
+            their own seeds.
+        include_flat: with ``layers=None``, also attribute non-linear modules.
+        chunk_rows: rows per store chunk (commit unit and scoring unit); default ~64 MiB.
+        progress: show progress bars.
+    """
+
+    def __init__(self, model: torch.nn.Module, loss_fn: Callable, compressor=None, layers=None,
+                 store: Optional[str] = None, target_fn: Optional[Callable] = None,
+                 dtype: str = "float32", device=None, seed: int = 0, *, include_flat: bool = False,
+                 chunk_rows: Optional[int] = None, progress: bool = True):
+        from .capture import GradientCapture
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if not callable(loss_fn):
+            raise TypeError(f"loss_fn must be callable (model, batch) -> Tensor[B], got "
+                            f"{type(loss_fn).__name__}")
+        if compressor is None or not hasattr(compressor, "build"):
+            raise TypeError("compressor= must be a compressor spec from grass.compress, e.g. "
+                            "grass.compress.FactGraSS(k=4096), or grass.compress.Identity() for "
+                            f"uncompressed gradients; got {compressor!r}")
+        self.model = model
+        self.loss_fn = loss_fn
+        self.target_fn = resolve_target(loss_fn, target_fn)
+        self.spec = compressor
+        self.dtype = _check_dtype(dtype)
+        self.seed = int(seed)
+        self.chunk_rows = chunk_rows
+        self.progress = progress
+        if device is None:
+            first = next(model.parameters(), None)
+            device = first.device if first is not None else "cpu"
+        self.device = torch.device(device)
+
+        if store is None:
+            self.run_dir = tempfile.mkdtemp(prefix="grass-run-")
+            self._cleanup = weakref.finalize(self, shutil.rmtree, self.run_dir, True)
+        else:
+            self.run_dir = os.fspath(store)
+            os.makedirs(self.run_dir, exist_ok=True)
+
+        self.capture = GradientCapture(model, loss_fn, layers=layers, include_flat=include_flat)
+        self.layers = list(self.capture.layers)
+        self.compressors = compressor.build(self.layers)
+        names = [info.name for info in self.layers]
+        if list(self.compressors) != names:
+            raise ValueError(f"compressor.build returned layers {list(self.compressors)}, expected "
+                             f"{names}")
+        self.block_sizes = [int(self.compressors[n].k) for n in names]
+        self._load_compressor_state()
+
+        self.fisher: Optional[BlockFisher] = None
+        self.preconditioner = None
+        self._fit_info: Optional[Dict[str, Any]] = None
+
+    # ------------------------------------------------------------------ description
+    @property
+    def dim(self) -> int:
+        """K, the total compressed dimension (sum of the per-layer k)."""
+        return sum(self.block_sizes)
+
+    def __repr__(self) -> str:
+        layers = ", ".join(f"{i.name}:{k}" for i, k in zip(self.layers, self.block_sizes))
+        return (f"Attributor({type(self.model).__name__}, {type(self.spec).__name__}, "
+                f"layers=[{layers}], store={self.run_dir!r}, dtype={self.dtype})")
+
+    def to_device(self, batch):
+        return to_device(batch, self.device)
+
+    def _path(self, *parts) -> str:
+        return os.path.join(self.run_dir, *parts)
+
+    # ------------------------------------------------------------------ compressor state
+    def _needs_fit(self) -> List[str]:
+        return [n for n, c in self.compressors.items() if getattr(c, "needs_fit", False)]
+
+    def _compressor_state(self) -> Dict[str, Any]:
+        return {n: c.state_dict() for n, c in self.compressors.items()}
+
+    def _load_compressor_state(self) -> None:
+        path = self._path("compressor.pt")
+        if not self._needs_fit() or not os.path.exists(path):
+            return
+        saved = torch.load(path, weights_only=False)
+        check_fingerprint(saved["fingerprint"], self._static_fingerprint(with_state=False),
+                          where=repr(path))
+        for name, state in saved["state"].items():
+            self.compressors[name].load_state_dict(state)
+
+    def fit_masks(self, train_loader, test_loader=None, **options) -> "Attributor":
+        """Learn the compressors that need it (``SelectiveMask`` and its relatives) on a
+        sample of per-sample gradients, then save their state in the run directory so a
+        later Attributor over the same run loads it. ``options`` go to the compressor
+        spec's ``fit``."""
+        pending = self._needs_fit()
+        if not pending:
+            warnings.warn("no compressor of this run needs fitting; fit_masks does nothing",
+                          stacklevel=2)
+            return self
+        fit = getattr(self.spec, "fit", None)
+        if fit is None:
+            raise TypeError(f"{type(self.spec).__name__} has compressors that need fitting but no "
+                            "fit(...) method")
+        fit(self.compressors, self.capture, train_loader, test_loader, device=self.device,
+            seed=self.seed, **options)
+        still = self._needs_fit()
+        if still:
+            raise RuntimeError(f"fitting left compressors of layers {still} unfitted")
+        _atomic_save({"fingerprint": self._static_fingerprint(with_state=False),
+                      "state": self._compressor_state()}, self._path("compressor.pt"))
+        return self
+
+    # ------------------------------------------------------------------ fingerprints
+    def _static_fingerprint(self, *, with_state: bool = True) -> Dict[str, Any]:
+        fp = {
+            "format_version": FORMAT_VERSION,
+            "model": hash_module(self.model),
+            "model_training": bool(self.model.training),
+            "compressor": self.spec.config(),
+            "layers": [info.to_dict() for info in self.layers],
+            "block_sizes": list(self.block_sizes),
+            "dtype": self.dtype,
+        }
+        if with_state:
+            fp["compressor_state"] = hash_batch(self._compressor_state())
+        return fp
+
+    def _fingerprint(self, role: str, fn: Callable, num_rows: Optional[int] = None,
+                     first_batch: Any = None) -> Dict[str, Any]:
+        fp = dict(self._static_fingerprint(), role=role, function=hash_callable(fn))
+        if num_rows is not None:
+            fp["num_rows"] = int(num_rows)
+            fp["data"] = hash_batch(first_batch)
+        return fp
+
+    def _open_store(self, sub: str, role: str, fn: Callable) -> GradientStore:
+        path = self._path(sub)
+        store = GradientStore(path)
+        given = self._fingerprint(role, fn)
+        stored = store.fingerprint
+        check_fingerprint({k: stored.get(k, "<missing>") for k in given}, given, where=repr(path))
+        return store
+
+    # ------------------------------------------------------------------ gradients
+    def _compute(self, batch, fn: Callable) -> torch.Tensor:
+        grads = self.capture.compressed(self.to_device(batch), self.compressors, fn=fn)
+        return torch.cat([grads[info.name].float() for info in self.layers], dim=1)
+
+    def _write_store(self, loader, sub: str, role: str, fn: Callable,
+                     num_examples: Optional[int], desc: str) -> GradientStore:
+        pending = self._needs_fit()
+        if pending:
+            raise RuntimeError(f"the compressors of layers {pending} must be learned first: call "
+                               "fit_masks(train_loader) before caching")
+        _check_fixed_order(loader, "train" if role == "train" else "test")
+        n = _num_examples(loader, num_examples)
+        if self.model.training and any(isinstance(m, (torch.nn.Dropout, torch.nn.modules.batchnorm._BatchNorm))
+                                       for m in self.model.modules()):
+            warnings.warn("the model is in training mode and has dropout or batch norm: gradients "
+                          "are then random or batch-dependent; call model.eval() first",
+                          stacklevel=3)
+        batches = iter(loader)
+        try:
+            first = next(batches)
+        except StopIteration:
+            raise ValueError("the loader yielded no batches") from None
+        fp = self._fingerprint(role, fn, n, first)
+        with StoreWriter(self._path(sub), fingerprint=fp, num_rows=n, block_sizes=self.block_sizes,
+                         dtype=self.dtype, chunk_rows=self.chunk_rows,
+                         layers=[i.name for i in self.layers],
+                         meta={"grass_version": _version(), "torch_version": torch.__version__,
+                               "device": str(self.device)}) as writer:
+            fill_store(writer, itertools.chain([first], batches), lambda b: self._compute(b, fn),
+                       progress=self.progress, desc=desc)
+        return GradientStore(self._path(sub))
+
+    def cache(self, train_loader, *, num_examples: Optional[int] = None) -> GradientStore:
+        """Compress and store the per-sample training-loss gradients, in loader order.
+
+        Resumes an interrupted run (committed rows are kept, the rest computed); a store
+        written by a different run (other weights, compressor, layers, dtype, loss, data
+        size or first batch) raises `FingerprintMismatch`. The loader must not shuffle.
+        """
+        return self._write_store(train_loader, "train", "train", self.loss_fn, num_examples,
+                                 "caching train gradients")
+
+    def cache_test(self, test_loader, name: str = "test", *,
+                   num_examples: Optional[int] = None) -> GradientStore:
+        """Compress and store target gradients ∇f of test examples under ``test-<name>``;
+        pass the returned store to `scores` / `top_k` to reuse them."""
+        if not name or os.sep in name or name.startswith("."):
+            raise ValueError(f"name must be a plain directory name, got {name!r}")
+        return self._write_store(test_loader, f"test-{name}", f"test:{name}", self.target_fn,
+                                 num_examples, f"caching test gradients ({name})")
+
+    def train_store(self) -> GradientStore:
+        """The complete training store of this run (fingerprint-checked)."""
+        try:
+            store = self._open_store("train", "train", self.loss_fn)
+        except FileNotFoundError:
+            raise RuntimeError(f"no training gradients in {self.run_dir!r} yet: call "
+                               "cache(train_loader) first") from None
+        store.require_complete()
+        return store
+
+    def test_gradients(self, test) -> torch.Tensor:
+        """Compressed target gradients ∇f [M, K] (float32, CPU) of a loader of test
+        batches, of a cached test store (see `cache_test`), or given as a tensor."""
+        if isinstance(test, torch.Tensor):
+            if test.dim() != 2 or test.shape[1] != self.dim:
+                raise ValueError(f"test gradients must be [M, K={self.dim}], got {tuple(test.shape)}")
+            return test
+        if isinstance(test, GradientStore):
+            role = test.fingerprint.get("role", "")
+            if not str(role).startswith("test:"):
+                raise ValueError(f"the store at {test.path!r} holds {role!r} gradients, not test "
+                                 "gradients (use cache_test)")
+            name = role.split(":", 1)[1]
+            given = self._fingerprint(role, self.target_fn)
+            check_fingerprint({k: test.fingerprint.get(k, "<missing>") for k in given}, given,
+                              where=repr(test.path))
+            test.require_complete()
+            return test.gradients().float()
+        rows = []
+        from tqdm.auto import tqdm
+        with tqdm(desc="test gradients", unit="ex", dynamic_ncols=True,
+                  disable=not self.progress) as bar:
+            for batch in test:
+                g = self._compute(batch, self.target_fn).cpu()
+                rows.append(g)
+                bar.update(g.shape[0])
+        if not rows:
+            raise ValueError("the test loader yielded no batches")
+        return torch.cat(rows)
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, damping=None, *, relative: bool = True, method: str = "fisher",
+            block_diagonal: bool = True) -> "Attributor":
+        """Precondition with the training gradients.
+
+        method="fisher" (default): per-layer empirical Fisher F_l = G_lᵀG_l/N, damped,
+        Cholesky (``block_diagonal=False``: one K×K Fisher over all layers).
+        method="datainf": DataInf's rank-one approximation of each damped inverse.
+        method="identity": no curvature (gradient dot products, one-checkpoint TracIn).
+
+        damping: None (λ_l = 0.1·trace(F_l)/k_l), a number or one per layer; relative to
+        the mean eigenvalue unless ``relative=False``. The Fisher is accumulated once and
+        saved with the run; refitting with another damping reuses it.
+        """
+        if method not in _METHODS:
+            raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+        store = self.train_store()
+        blocks = list(store.block_sizes) if block_diagonal else [store.dim]
+        if method == "identity":
+            self.preconditioner = IdentityPreconditioner(store.block_sizes)
+        elif method == "datainf":
+            from .score.baselines import DataInf
+            self.preconditioner = DataInf(store, blocks, damping, relative=relative,
+                                          device=self.device, progress=self.progress)
+        else:
+            self.fisher = self._load_or_accumulate_fisher(store, blocks)
+            self.preconditioner = Preconditioner.fit(self.fisher, damping, relative=relative)
+            _atomic_save({"store": store.digest, "block_sizes": blocks,
+                          "state": self.preconditioner.state_dict()}, self._path("preconditioner.pt"))
+        self._fit_info = {"method": method, "store": store.digest, "block_sizes": blocks}
+        return self
+
+    def _load_or_accumulate_fisher(self, store: GradientStore, blocks: List[int]) -> BlockFisher:
+        if (self.fisher is not None and self.fisher.block_sizes == blocks
+                and getattr(self.fisher, "_store", None) == store.digest):
+            return self.fisher
+        path = self._path("fisher.pt")
+        if os.path.exists(path):
+            saved = torch.load(path, weights_only=False)
+            if saved.get("store") == store.digest and saved.get("block_sizes") == blocks:
+                fisher = BlockFisher.from_state_dict(saved["state"], device=self.device)
+                fisher._store = store.digest
+                return fisher
+        fisher = BlockFisher(blocks, device=self.device)
+        from tqdm.auto import tqdm
+        with tqdm(total=store.num_rows, desc="Fisher", unit="ex", unit_scale=True,
+                  dynamic_ncols=True, disable=not self.progress) as bar:
+            for _, G in store.chunks(dtype=torch.float32, device=self.device):
+                fisher.update(G)
+                bar.update(G.shape[0])
+        _atomic_save({"store": store.digest, "block_sizes": blocks, "state": fisher.state_dict()}, path)
+        fisher._store = store.digest
+        return fisher
+
+    def _require_fit(self) -> GradientStore:
+        store = self.train_store()
+        if self.preconditioner is not None and self._fit_info["store"] == store.digest:
+            return store
+        path = self._path("preconditioner.pt")
+        if os.path.exists(path):  # fitted by an earlier process on the same store
+            saved = torch.load(path, weights_only=False)
+            if saved.get("store") == store.digest:
+                self.preconditioner = Preconditioner.from_state_dict(saved["state"], device=self.device)
+                self._fit_info = {"method": "fisher", "store": store.digest,
+                                  "block_sizes": saved["block_sizes"]}
+                return store
+        raise RuntimeError("call fit() before scoring (it reuses the saved Fisher if there is one)")
+
+    def choose_damping(self, criterion: Callable[["Attributor"], float],
+                       candidates: Iterable[float] = (1e-3, 1e-2, 1e-1, 1.0, 10.0), *,
+                       relative: bool = True, method: str = "fisher"):
+        """Fit with every candidate damping, keep the one maximising ``criterion(self)``
+        (e.g. the LDS on a held-out split; never the split you report). Returns a
+        `DampingSearch`; the Attributor is left fitted with the best damping."""
+        def evaluate(d):
+            self.fit(d, relative=relative, method=method)
+            return criterion(self)
+        result = choose_damping(evaluate, list(candidates), relative=relative)
+        self.fit(result.best, relative=relative, method=method)
+        return result
+
+    # ------------------------------------------------------------------ scores
+    def _terms(self, test) -> List[ScoreTerm]:
+        store = self._require_fit()
+        grads = self.test_gradients(test)
+        return [ScoreTerm(influence_queries(grads, self.preconditioner), store)]
+
+    def scores(self, test, *, out: Optional[torch.Tensor] = None,
+               chunk_rows: Optional[int] = None) -> torch.Tensor:
+        """τ(test, train) [M, N] = −∇fᵀ(F + λI)⁻¹∇ℓ_i (positive = helpful), float32,
+        streamed over chunks of the store; ``out`` may be a preallocated (e.g. file-backed)
+        [M, N] float32 tensor."""
+        return full_scores(self._terms(test), out=out, chunk_rows=chunk_rows, device=self.device,
+                           progress=self.progress)
+
+    def top_k(self, test, k: int = 10, *, largest: bool = True,
+              chunk_rows: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(values [M, k], indices [M, k]) of the most helpful training examples per test
+        example, best first (``largest=False``: the most harmful); never holds more than one
+        chunk of scores. Ties go to the smaller training index."""
+        return top_k_scores(self._terms(test), k, largest=largest, chunk_rows=chunk_rows,
+                            device=self.device, progress=self.progress)
+
+    def self_influence(self, *, chunk_rows: Optional[int] = None) -> torch.Tensor:
+        """∇ℓ_iᵀ(F + λI)⁻¹∇ℓ_i for every training example, float64 [N]."""
+        store = self._require_fit()
+        return self_influence(self.preconditioner, store, chunk_rows=chunk_rows,
+                              device=self.device, progress=self.progress)
+
+
+def _version() -> str:
+    try:
+        from . import __version__
+        return str(__version__)
+    except Exception:  # pragma: no cover
+        return "unknown"
