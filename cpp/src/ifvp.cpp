@@ -29,7 +29,7 @@ namespace {
 constexpr int64_t kTile = 128;     // SYRK tile edge (entries of F)
 constexpr int64_t kChunk = 256;    // rows of G per packed chunk
 constexpr int64_t kPanel = 64;     // Cholesky panel width
-constexpr int64_t kRhs = 8;        // right-hand sides solved together
+constexpr int64_t kRhs = 32;       // right-hand sides solved together (the vector lanes)
 constexpr int64_t kSmallBlock = 256;  // blocks up to this size are factored one per thread
 constexpr int MR = 8, NR = 16;     // register block of the outer-product kernel
 
@@ -170,6 +170,98 @@ int64_t factor_block(double* A, int64_t n, bool parallel, double* pivot_value) {
     }
   }
   return -1;
+}
+
+// --- Triangular solves for a group of kRhs right-hand sides ---------------------------
+//
+// The group is stored transposed, wt[i * kRhs + r] = v_r[i], so that the right-hand sides
+// are the vector lanes: each row of L is applied to all of them with broadcast FMAs.
+// Rows are taken kSolveRows at a time so that one load of wt[m] feeds that many FMAs.
+
+constexpr int kSolveRows = 4;
+
+// wt[i, r] = V[r0 + r, c0 + i] for r < nr; lanes r >= nr are zero.
+void load_rhs_transposed(const void* V, DType dtype, int64_t K, int64_t r0, int64_t nr, int64_t c0, int64_t n,
+                         double* wt) {
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t r = nr; r < kRhs; ++r) wt[i * kRhs + r] = 0.0;
+  for (int64_t r = 0; r < nr; ++r) {
+    if (dtype == DType::F64) {
+      const double* v = static_cast<const double*>(V) + (r0 + r) * K + c0;
+      for (int64_t i = 0; i < n; ++i) wt[i * kRhs + r] = v[i];
+    } else {
+      const float* v = static_cast<const float*>(V) + (r0 + r) * K + c0;
+      for (int64_t i = 0; i < n; ++i) wt[i * kRhs + r] = static_cast<double>(v[i]);
+    }
+  }
+}
+
+// In place: wt <- (L L^T)^{-1} wt, L [n, n] lower triangular (row-major).
+void solve_group(const double* L, int64_t n, double* wt) {
+  double acc[kSolveRows][kRhs];
+  // Forward, L z = v: z_i = (v_i - sum_{m < i} L[i, m] z_m) / L[i, i].
+  for (int64_t i0 = 0; i0 < n; i0 += kSolveRows) {
+    const int64_t ib = std::min<int64_t>(kSolveRows, n - i0);
+    for (int q = 0; q < kSolveRows; ++q)
+      for (int r = 0; r < kRhs; ++r) acc[q][r] = q < ib ? wt[(i0 + q) * kRhs + r] : 0.0;
+    if (ib == kSolveRows) {
+      const double* l0 = L + i0 * n;
+      for (int64_t m = 0; m < i0; ++m) {
+        const double* w = wt + m * kRhs;
+        for (int q = 0; q < kSolveRows; ++q) {
+          const double lq = l0[q * n + m];
+#pragma omp simd
+          for (int r = 0; r < kRhs; ++r) acc[q][r] -= lq * w[r];
+        }
+      }
+    } else {
+      for (int64_t m = 0; m < i0; ++m)
+        for (int64_t q = 0; q < ib; ++q) {
+          const double lq = L[(i0 + q) * n + m];
+          for (int r = 0; r < kRhs; ++r) acc[q][r] -= lq * wt[m * kRhs + r];
+        }
+    }
+    for (int64_t q = 0; q < ib; ++q) {
+      const double* lrow = L + (i0 + q) * n + i0;
+      for (int64_t q2 = 0; q2 < q; ++q2)
+        for (int r = 0; r < kRhs; ++r) acc[q][r] -= lrow[q2] * acc[q2][r];
+      for (int r = 0; r < kRhs; ++r) acc[q][r] /= lrow[q];
+      for (int r = 0; r < kRhs; ++r) wt[(i0 + q) * kRhs + r] = acc[q][r];
+    }
+  }
+  // Backward, L^T x = z: x_i = (z_i - sum_{m > i} L[m, i] x_m) / L[i, i], blocks from the end.
+  const int64_t tail = n % kSolveRows;
+  for (int64_t i0 = n - (tail ? tail : kSolveRows); i0 >= 0; i0 -= kSolveRows) {
+    const int64_t ib = std::min<int64_t>(kSolveRows, n - i0);
+    for (int q = 0; q < kSolveRows; ++q)
+      for (int r = 0; r < kRhs; ++r) acc[q][r] = q < ib ? wt[(i0 + q) * kRhs + r] : 0.0;
+    if (ib == kSolveRows) {
+      for (int64_t m = i0 + kSolveRows; m < n; ++m) {
+        const double* w = wt + m * kRhs;
+        const double* lm = L + m * n + i0;
+        for (int q = 0; q < kSolveRows; ++q) {
+          const double lq = lm[q];
+#pragma omp simd
+          for (int r = 0; r < kRhs; ++r) acc[q][r] -= lq * w[r];
+        }
+      }
+    } else {
+      for (int64_t m = i0 + ib; m < n; ++m)
+        for (int64_t q = 0; q < ib; ++q) {
+          const double lq = L[m * n + i0 + q];
+          for (int r = 0; r < kRhs; ++r) acc[q][r] -= lq * wt[m * kRhs + r];
+        }
+    }
+    for (int64_t q = ib - 1; q >= 0; --q) {
+      for (int64_t q2 = q + 1; q2 < ib; ++q2) {
+        const double lq = L[(i0 + q2) * n + i0 + q];
+        for (int r = 0; r < kRhs; ++r) acc[q][r] -= lq * acc[q2][r];
+      }
+      const double d = L[(i0 + q) * n + i0 + q];
+      for (int r = 0; r < kRhs; ++r) acc[q][r] /= d;
+      for (int r = 0; r < kRhs; ++r) wt[(i0 + q) * kRhs + r] = acc[q][r];
+    }
+  }
 }
 
 }  // namespace
@@ -321,39 +413,17 @@ void cholesky_solve_cpu(const double* L /* packed */, const int64_t* block_sizes
       const int64_t l = t / groups, g = t % groups;
       const int64_t n = block_sizes[l], c0 = lay.col[l];
       const int64_t r0 = g * kRhs, nr = std::min(kRhs, M - r0);
-      const double* Ll = L + lay.packed[l];
-      double* w = W.data();
-      load_panel(V, dtype, K, r0, nr, c0, n, w);
-      // Forward: L z = v.
-      for (int64_t i = 0; i < n; ++i) {
-        const double* li = Ll + i * n;
-        for (int64_t r = 0; r < nr; ++r) {
-          double* wr = w + r * n;
-          double dot = 0.0;
-#pragma omp simd reduction(+ : dot)
-          for (int64_t m = 0; m < i; ++m) dot += li[m] * wr[m];
-          wr[i] = (wr[i] - dot) / li[i];
-        }
-      }
-      // Backward: L^T x = z; x_i is final once all j > i are done.
-      for (int64_t i = n - 1; i >= 0; --i) {
-        const double* li = Ll + i * n;
-        for (int64_t r = 0; r < nr; ++r) {
-          double* wr = w + r * n;
-          const double xi = wr[i] / li[i];
-          wr[i] = xi;
-#pragma omp simd
-          for (int64_t m = 0; m < i; ++m) wr[m] -= xi * li[m];
-        }
-      }
+      double* wt = W.data();  // [n, kRhs]: column r is right-hand side r0 + r
+      load_rhs_transposed(V, dtype, K, r0, nr, c0, n, wt);
+      solve_group(L + lay.packed[l], n, wt);
       if (dtype == DType::F64) {
         double* x = static_cast<double*>(X);
         for (int64_t r = 0; r < nr; ++r)
-          for (int64_t c = 0; c < n; ++c) x[(r0 + r) * K + c0 + c] = w[r * n + c];
+          for (int64_t i = 0; i < n; ++i) x[(r0 + r) * K + c0 + i] = wt[i * kRhs + r];
       } else {
         float* x = static_cast<float*>(X);
         for (int64_t r = 0; r < nr; ++r)
-          for (int64_t c = 0; c < n; ++c) x[(r0 + r) * K + c0 + c] = static_cast<float>(w[r * n + c]);
+          for (int64_t i = 0; i < n; ++i) x[(r0 + r) * K + c0 + i] = static_cast<float>(wt[i * kRhs + r]);
       }
     }
   }

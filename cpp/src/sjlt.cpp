@@ -1,15 +1,20 @@
 // SJLT on the CPU: y[b] = S x[b], S never stored.
 //
-// Dense input: rows are split over threads in blocks of kRowBlock rows; for each tile of
-// kColTile columns the (bucket, sign) codes are hashed once into a thread-local buffer
-// and reused by every row of the block, then each row scatter-adds its signed values
-// into its own k floats (cache resident). Zeros are skipped (adding +-0 to a sum that
-// started at +0 never changes it, so skipping is bitwise neutral).
+// Dense input (sjlt_block.h): rows are split over threads in blocks of 16. A block keeps
+// an interleaved accumulator acc[k][16] (one 64-byte line per bucket, cache resident);
+// per tile of columns the (bucket, sign) codes are hashed once (vectorised) and reused by
+// the block's 16 rows; 16 x 16 tiles of x are transposed in registers so that a column
+// of the block is one vector, added into its bucket's line with one FMA.
+// CSR input: one row per iteration, a scalar scatter per non-zero; with enough non-zeros
+// the codes of all columns are first hashed into a table (4 bytes each).
+// Transpose: x[b, j] = sum_r sign * y[b, bucket] / sqrt(s), a gather, parallel over
+// column tiles.
 //
 // Determinism: y[b] is written by one thread and receives its columns in ascending
-// order (replicas in order), so results are bitwise identical for any thread count, and
-// identical to sjlt_csr_cpu on the same data with sorted indices, to masked_sjlt_cpu on
-// the gathered columns and to factgrass_cpu's scatter.
+// order (replicas in order), each term rounded as (x * scale) then added with its sign.
+// Results are bitwise identical for any thread count and SIMD path, and identical to
+// sjlt_csr_cpu on the same data with sorted indices, to masked_sjlt_cpu on the gathered
+// columns and to a plain scalar loop.
 #include "grass/sjlt.h"
 
 #include <algorithm>
@@ -19,13 +24,14 @@
 
 #include "grass/check.h"
 #include "grass/hash.h"
+#include "sjlt_block.h"
 
 namespace grass {
 
 namespace {
 
-constexpr int64_t kRowBlock = 8;     // rows sharing one tile of codes
-constexpr int64_t kColTile = 4096;   // columns per tile: 16 KiB of codes at s = 1
+constexpr int64_t kColTile = 4096;             // columns per tile of sjlt_transpose_cpu
+constexpr int64_t kMaxCodeTable = int64_t{1} << 24;  // codes (4 bytes each) sjlt_csr_cpu may table
 
 // A (column, replica) code packed in 32 bits: bucket in the low 31 bits (k < 2^31),
 // sign bit (1 = negative) on top, in the same position as a float's sign bit.
@@ -46,6 +52,38 @@ inline void scatter_one(float* y, uint32_t code, float v) {
   float sv;
   std::memcpy(&sv, &bits, 4);
   y[code & ~kNegBit] += sv;
+}
+
+// One CSR row's non-zeros [e, e_end) scatter-added into yb; returns the position of the
+// first column index outside [0, p), or INT64_MAX. `codes` is the table of packed codes
+// of every column (replica-major within a column) or null to hash on the fly. Arguments
+// by value: the hot loop then keeps them in registers.
+template <typename Tag>
+int64_t csr_row(float* yb, const int64_t* indices, const typename Tag::storage* values, int64_t e, int64_t e_end,
+                int64_t p, const uint32_t* codes, const SjltHash hash, float scale, Tag tag) {
+  const int64_t s = hash.s;
+  if (codes && s == 1) {
+    for (; e < e_end; ++e) {
+      const int64_t j = indices[e];
+      if (static_cast<uint64_t>(j) >= static_cast<uint64_t>(p)) return e;
+      scatter_one(yb, codes[j], load_as_float(values, e, tag));
+    }
+  } else if (codes) {
+    for (; e < e_end; ++e) {
+      const int64_t j = indices[e];
+      if (static_cast<uint64_t>(j) >= static_cast<uint64_t>(p)) return e;
+      const float sv = load_as_float(values, e, tag) * scale;
+      for (int64_t r = 0; r < s; ++r) scatter_one(yb, codes[j * s + r], sv);
+    }
+  } else {
+    for (; e < e_end; ++e) {
+      const int64_t j = indices[e];
+      if (static_cast<uint64_t>(j) >= static_cast<uint64_t>(p)) return e;
+      const float sv = load_as_float(values, e, tag) * scale;
+      for (int64_t r = 0; r < s; ++r) scatter_one(yb, packed_code(hash, j, r), sv);
+    }
+  }
+  return INT64_MAX;
 }
 
 void check_dtype(DType dtype) {
@@ -93,38 +131,36 @@ void sjlt_cpu(const void* x /* [B, p] */, DType dtype, int64_t B, int64_t p,
   GRASS_CHECK(y != nullptr, "y must not be null");
   GRASS_CHECK(p == 0 || x != nullptr, "x must not be null");
 
+  using namespace detail;
   const int64_t k = params.k, s = params.s;
   const SjltHash hash(params.seed, k, s);
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(s)));
-  const int64_t tile = std::max<int64_t>(1, kColTile / s);  // columns per tile
-  const int64_t row_blocks = (B + kRowBlock - 1) / kRowBlock;
+  const int64_t row_blocks = (B + kLanes - 1) / kLanes;
 
   dispatch_float_dtype(dtype, [&](auto tag) {
     using Storage = typename decltype(tag)::storage;
     const Storage* xs = static_cast<const Storage*>(x);
 #pragma omp parallel
     {
-      std::vector<uint32_t> codes(static_cast<size_t>(tile * s));
+      Scratch<float> acc(k * kLanes);              // [k, 16] interleaved accumulator
+      Scratch<float> xt(kSubTile * kLanes);        // [64, 16] transposed columns
+      Scratch<uint32_t> bucket(kHashTile * s);     // [s, tile]
+      Scratch<float> sign(kHashTile * s);
 #pragma omp for schedule(static)
       for (int64_t rb = 0; rb < row_blocks; ++rb) {
-        const int64_t b0 = rb * kRowBlock;
-        const int64_t nb = std::min(kRowBlock, B - b0);
-        for (int64_t i = 0; i < nb; ++i) std::fill(y + (b0 + i) * k, y + (b0 + i + 1) * k, 0.0f);
-        for (int64_t j0 = 0; j0 < p; j0 += tile) {
-          const int64_t nc = std::min(tile, p - j0);
-          for (int64_t c = 0; c < nc; ++c)
-            for (int64_t r = 0; r < s; ++r) codes[c * s + r] = packed_code(hash, j0 + c, r);
-          for (int64_t i = 0; i < nb; ++i) {
-            const Storage* xb = xs + (b0 + i) * p + j0;
-            float* yb = y + (b0 + i) * k;
-            for (int64_t c = 0; c < nc; ++c) {
-              const float v = load_as_float(xb, c, tag);
-              if (v == 0.0f) continue;
-              const float sv = v * scale;
-              for (int64_t r = 0; r < s; ++r) scatter_one(yb, codes[c * s + r], sv);
-            }
+        const int64_t b0 = rb * kLanes;
+        const int64_t rows = std::min(kLanes, B - b0);
+        std::memset(acc.data, 0, static_cast<size_t>(k * kLanes) * sizeof(float));
+        for (int64_t j0 = 0; j0 < p; j0 += kHashTile) {
+          const int64_t nh = std::min(kHashTile, p - j0);
+          hash_tile(hash, j0, nh, bucket.data, sign.data);
+          for (int64_t c0 = 0; c0 < nh; c0 += kSubTile) {
+            const int64_t n = std::min(kSubTile, nh - c0);
+            load_dense_tile(xs + b0 * p, p, rows, j0 + c0, n, scale, tag, xt.data);
+            scatter_tile(acc.data, xt.data, n, s, bucket.data + c0, sign.data + c0, nh);
           }
         }
+        store_rows(acc.data, k, rows, y + b0 * k, k);
       }
     }
   });
@@ -148,35 +184,44 @@ void sjlt_csr_cpu(const int64_t* indptr /* [B + 1] */, const int64_t* indices /*
   const int64_t nnz = indptr[B];
   GRASS_CHECK(nnz == 0 || (indices != nullptr && values != nullptr),
               "indices and values must not be null when nnz = %lld > 0", (long long)nnz);
-  // Checked up front (O(nnz), cheap next to the sketch) so bad input writes nothing.
-  {
-    int64_t bad = -1;
-#pragma omp parallel for schedule(static) reduction(max : bad) if (nnz > 65536)
-    for (int64_t e = 0; e < nnz; ++e)
-      if (indices[e] < 0 || indices[e] >= p) bad = std::max(bad, e);
-    GRASS_CHECK(bad < 0, "indices must be in [0, p = %lld), got indices[%lld] = %lld", (long long)p,
-                (long long)bad, (long long)(bad < 0 ? 0 : indices[bad]));
-  }
-
   const int64_t k = params.k, s = params.s;
   const SjltHash hash(params.seed, k, s);
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(s)));
+  // With many non-zeros per column, hash every column once (vectorised, in parallel) into
+  // a table of packed codes; with few, or a huge p, hash each non-zero as it comes.
+  const bool use_table = p * s <= kMaxCodeTable && nnz >= p / 4;
+  std::vector<uint32_t> table(use_table ? static_cast<size_t>(p * s) : 0);
+  if (use_table) {
+    const int64_t tiles = (p + detail::kHashTile - 1) / detail::kHashTile;
+    uint32_t* t = table.data();
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < tiles; ++i) {
+      const int64_t j0 = i * detail::kHashTile;
+      detail::hash_packed(hash, j0, std::min(detail::kHashTile, p - j0), t + j0 * s);
+    }
+  }
+  const uint32_t* codes = use_table ? table.data() : nullptr;
+  // Column indices are checked as they are used (a separate pass would read them twice);
+  // a row stops at its first bad index, and the first bad one overall is reported.
+  int64_t first_bad = INT64_MAX;
   dispatch_float_dtype(dtype, [&](auto tag) {
     using Storage = typename decltype(tag)::storage;
     const Storage* vs = static_cast<const Storage*>(values);
     // Rows have different lengths: dynamic chunks balance them.
-#pragma omp parallel for schedule(dynamic, 4)
+#pragma omp parallel for schedule(dynamic, 4) reduction(min : first_bad)
     for (int64_t b = 0; b < B; ++b) {
       float* yb = y + b * k;
       std::fill(yb, yb + k, 0.0f);
-      for (int64_t e = indptr[b]; e < indptr[b + 1]; ++e) {
-        const float v = load_as_float(vs, e, tag);
-        if (v == 0.0f) continue;
-        const float sv = v * scale;
-        for (int64_t r = 0; r < s; ++r) scatter_one(yb, packed_code(hash, indices[e], r), sv);
-      }
+      first_bad = std::min(first_bad, csr_row(yb, indices, vs, indptr[b], indptr[b + 1], p, codes, hash,
+                                              scale, tag));
     }
   });
+  if (first_bad != INT64_MAX) {
+    // y holds partial sums: make that impossible to mistake for a result.
+    std::fill(y, y + B * k, std::nanf(""));
+    GRASS_CHECK(false, "indices must be in [0, p = %lld), got indices[%lld] = %lld (y was filled with NaN)",
+                (long long)p, (long long)first_bad, (long long)indices[first_bad]);
+  }
 }
 
 void sjlt_transpose_cpu(const float* y /* [B, k] */, int64_t B, int64_t p, float* x /* [B, p] */,

@@ -355,7 +355,10 @@ GRASS_TEST(argument_errors) {
   EXPECT_THROWS_WITH(csr({0, 2, 1}, {0, 1}), "indptr must be non-decreasing, got indptr[1] = 2 > indptr[2] = 1");
   EXPECT_THROWS_WITH(csr({0, 1, 2}, {0, 10}), "indices must be in [0, p = 10), got indices[1] = 10");
   EXPECT_THROWS_WITH(csr({0, 1, 2}, {-1, 3}), "got indices[0] = -1");
-  EXPECT_EQ(y[0], 7.0f);  // nothing written on bad input
+  // A bad index is found while sketching: the output is then all NaN, never a partial sum.
+  for (float v : y) EXPECT_TRUE(std::isnan(v));
+  EXPECT_THROWS_WITH(csr({0, 2, 1}, {0, 1}), "indptr must be non-decreasing");
+  EXPECT_EQ(y[0], 7.0f);  // indptr is checked before anything is written
 }
 
 int main() { return grass_test::run_all(); }

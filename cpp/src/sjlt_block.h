@@ -1,0 +1,213 @@
+// Internal to grass_core: the blocked SJLT machinery shared by sjlt_cpu and masked_sjlt_cpu.
+//
+// A block of up to kLanes = 16 rows is sketched together. Its accumulator is interleaved,
+// acc[o * 16 + i] = y[row i, bucket o], so one column's contribution to all 16 rows is a
+// single 16-float line: acc[bucket] += sign * x[:, column] is one vector load, one FMA
+// with a broadcast sign and one store, whatever the bucket. Columns therefore arrive
+// transposed, xt[c * 16 + i] = x[row i, column c], filled by a loader (a 16 x 16
+// register transpose for dense rows, a gather for masked columns).
+//
+// Per output element the terms are added in ascending column order, replicas in order,
+// each term rounded as (x * scale) then added with its sign: the same arithmetic as a
+// scalar loop over the row, so every path (AVX-512 or portable, dense, CSR, masked) gives
+// bitwise the same result.
+#pragma once
+#include <cstdint>
+#include <cstring>
+#include <new>
+
+#include "grass/dtype.h"
+#include "grass/hash.h"
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+namespace grass {
+namespace detail {
+
+constexpr int64_t kLanes = 16;      // rows per block = floats per accumulator line
+constexpr int64_t kHashTile = 1024;  // columns whose codes are hashed at once (per replica)
+constexpr int64_t kSubTile = 64;     // columns transposed at a time: 64 x 16 floats = 4 KiB
+
+// Codes of columns [j0, j0 + n) for every replica, replica-major: bucket[r * n + c] and
+// sign[r * n + c] in {+1.0f, -1.0f}. Bit for bit SjltHash::code, in a loop the compiler
+// vectorises (64-bit multiplies with AVX-512DQ).
+inline void hash_tile(const SjltHash& hash, int64_t j0, int64_t n, uint32_t* bucket, float* sign) {
+  const uint64_t key = hash.key;
+  const uint64_t s = static_cast<uint64_t>(hash.s);
+  for (int64_t r = 0; r < hash.s; ++r) {
+    const int64_t lo = r * hash.k / hash.s;
+    const uint64_t width = static_cast<uint64_t>((r + 1) * hash.k / hash.s - lo);
+    uint32_t* br = bucket + r * n;
+    float* sr = sign + r * n;
+#pragma omp simd
+    for (int64_t c = 0; c < n; ++c) {
+      const uint64_t h = draw(key, static_cast<uint64_t>(j0 + c) * s + static_cast<uint64_t>(r));
+      br[c] = static_cast<uint32_t>(lo + static_cast<int64_t>(((h >> 32) * width) >> 32));
+      sr[c] = (h & 1u) ? -1.0f : 1.0f;
+    }
+  }
+}
+
+// Packed codes of columns [j0, j0 + n): code[c * s + r] = bucket | (negative << 31)
+// (k < 2^31 leaves the top bit free). For kernels that look codes up by column.
+inline void hash_packed(const SjltHash& hash, int64_t j0, int64_t n, uint32_t* code) {
+  const uint64_t key = hash.key;
+  const int64_t s = hash.s;
+  for (int64_t r = 0; r < s; ++r) {
+    const int64_t lo = r * hash.k / s;
+    const uint64_t width = static_cast<uint64_t>((r + 1) * hash.k / s - lo);
+#pragma omp simd
+    for (int64_t c = 0; c < n; ++c) {
+      const uint64_t h = draw(key, static_cast<uint64_t>(j0 + c) * static_cast<uint64_t>(s) + static_cast<uint64_t>(r));
+      code[c * s + r] = static_cast<uint32_t>(lo + static_cast<int64_t>(((h >> 32) * width) >> 32)) |
+                        (static_cast<uint32_t>(h & 1u) << 31);
+    }
+  }
+}
+
+// acc[bucket * 16 + i] += sign * xt[c * 16 + i] for columns c < n and replicas r < s,
+// codes from hash_tile (replica-major, row length `ld`).
+inline void scatter_tile(float* acc, const float* xt, int64_t n, int64_t s, const uint32_t* bucket,
+                         const float* sign, int64_t ld) {
+#if defined(__AVX512F__)
+  if (s == 1) {
+    // A repeated bucket is still added in column order: each store precedes the next
+    // load of the same line in program order (store-to-load forwarding handles it).
+    for (int64_t c = 0; c < n; ++c) {
+      float* line = acc + static_cast<int64_t>(bucket[c]) * kLanes;
+      const __m512 v = _mm512_load_ps(xt + c * kLanes);
+      _mm512_store_ps(line, _mm512_fmadd_ps(v, _mm512_set1_ps(sign[c]), _mm512_load_ps(line)));
+    }
+    return;
+  }
+  for (int64_t c = 0; c < n; ++c) {
+    const __m512 v = _mm512_load_ps(xt + c * kLanes);
+    for (int64_t r = 0; r < s; ++r) {
+      float* line = acc + static_cast<int64_t>(bucket[r * ld + c]) * kLanes;
+      _mm512_store_ps(line, _mm512_fmadd_ps(v, _mm512_set1_ps(sign[r * ld + c]), _mm512_load_ps(line)));
+    }
+  }
+#else
+  for (int64_t c = 0; c < n; ++c) {
+    const float* v = xt + c * kLanes;
+    for (int64_t r = 0; r < s; ++r) {
+      float* line = acc + static_cast<int64_t>(bucket[r * ld + c]) * kLanes;
+      const float sg = sign[r * ld + c];
+      // sg is +-1, so sg * v is exact: the same value with or without FMA contraction.
+#pragma omp simd
+      for (int64_t i = 0; i < kLanes; ++i) line[i] += sg * v[i];
+    }
+  }
+#endif
+}
+
+// y[i * ldy + o] = acc[o * 16 + i] for rows i < rows and buckets o < k.
+inline void store_rows(const float* acc, int64_t k, int64_t rows, float* y, int64_t ldy) {
+  for (int64_t i = 0; i < rows; ++i) {
+    float* yi = y + i * ldy;
+    for (int64_t o = 0; o < k; ++o) yi[o] = acc[o * kLanes + i];
+  }
+}
+
+#if defined(__AVX512F__)
+// The zero-masking forms with a full mask are the plain instructions; unlike the unmasked
+// intrinsics they need no _mm512_undefined_ps, which GCC 12 flags as uninitialised.
+constexpr __mmask16 kAll16 = 0xFFFF;
+constexpr __mmask8 kAll8 = 0xFF;
+
+// In-register transpose of a 16 x 16 float tile: r[i] holds row i on entry, column i on exit.
+inline void transpose16(__m512 r[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_maskz_unpacklo_ps(kAll16, r[i], r[i + 1]);
+    t[i + 1] = _mm512_maskz_unpackhi_ps(kAll16, r[i], r[i + 1]);
+  }
+  // u[4g + m]: in 128-bit lane L, rows 4g..4g+3 of column 4L + m.
+  __m512 u[16];
+  for (int g = 0; g < 4; ++g) {
+    const __m512d a = _mm512_castps_pd(t[4 * g]), b = _mm512_castps_pd(t[4 * g + 2]);
+    const __m512d c = _mm512_castps_pd(t[4 * g + 1]), d = _mm512_castps_pd(t[4 * g + 3]);
+    u[4 * g + 0] = _mm512_castpd_ps(_mm512_maskz_unpacklo_pd(kAll8, a, b));
+    u[4 * g + 1] = _mm512_castpd_ps(_mm512_maskz_unpackhi_pd(kAll8, a, b));
+    u[4 * g + 2] = _mm512_castpd_ps(_mm512_maskz_unpacklo_pd(kAll8, c, d));
+    u[4 * g + 3] = _mm512_castpd_ps(_mm512_maskz_unpackhi_pd(kAll8, c, d));
+  }
+  for (int m = 0; m < 4; ++m) {
+    const __m512 v0 = _mm512_maskz_shuffle_f32x4(kAll16, u[m], u[4 + m], 0x88);
+    const __m512 w0 = _mm512_maskz_shuffle_f32x4(kAll16, u[m], u[4 + m], 0xdd);
+    const __m512 v1 = _mm512_maskz_shuffle_f32x4(kAll16, u[8 + m], u[12 + m], 0x88);
+    const __m512 w1 = _mm512_maskz_shuffle_f32x4(kAll16, u[8 + m], u[12 + m], 0xdd);
+    r[m] = _mm512_maskz_shuffle_f32x4(kAll16, v0, v1, 0x88);
+    r[8 + m] = _mm512_maskz_shuffle_f32x4(kAll16, v0, v1, 0xdd);
+    r[4 + m] = _mm512_maskz_shuffle_f32x4(kAll16, w0, w1, 0x88);
+    r[12 + m] = _mm512_maskz_shuffle_f32x4(kAll16, w0, w1, 0xdd);
+  }
+}
+
+// 16 consecutive elements as floats.
+inline __m512 load16(const float* p, F32Tag) { return _mm512_loadu_ps(p); }
+inline __m512 load16(const uint16_t* p, F16Tag) {
+  return _mm512_maskz_cvtph_ps(kAll16, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+inline __m512 load16(const uint16_t* p, BF16Tag) {
+  const __m512i w = _mm512_maskz_cvtepu16_epi32(kAll16, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  return _mm512_castsi512_ps(_mm512_maskz_slli_epi32(kAll16, w, 16));
+}
+#endif
+
+// xt[c * 16 + i] = x[row i, j0 + c] * scale for c < n (n <= kSubTile), rows i < rows
+// (the rest of the 16 lanes zero); rows start at x + i * ld.
+template <typename Tag>
+inline void load_dense_tile(const typename Tag::storage* x, int64_t ld, int64_t rows, int64_t j0, int64_t n,
+                            float scale, Tag tag, float* xt) {
+  int64_t c = 0;
+#if defined(__AVX512F__)
+  if (rows == kLanes) {
+    const __m512 vs = _mm512_set1_ps(scale);
+    for (; c + 16 <= n; c += 16) {
+      __m512 r[16];
+      for (int i = 0; i < 16; ++i) r[i] = load16(x + i * ld + j0 + c, tag);
+      transpose16(r);
+      if (scale != 1.0f)
+        for (int i = 0; i < 16; ++i) r[i] = _mm512_mul_ps(r[i], vs);
+      for (int i = 0; i < 16; ++i) _mm512_store_ps(xt + (c + i) * kLanes, r[i]);
+    }
+  }
+#endif
+  for (; c < n; ++c) {
+    float* col = xt + c * kLanes;
+    for (int64_t i = 0; i < rows; ++i) col[i] = load_as_float(x + i * ld, j0 + c, tag) * scale;
+    for (int64_t i = rows; i < kLanes; ++i) col[i] = 0.0f;
+  }
+}
+
+// xt[c * 16 + i] = x[row i, idx[c]] * scale for c < n (n <= kSubTile), rows i < rows
+// (the rest of the 16 lanes zero); rows start at x + i * ld. Plain loads, column by
+// column: faster here than one 16-lane hardware gather per column, or two 8-lane gathers
+// per row and a transpose (docs/cpu-kernels.md).
+template <typename Tag>
+inline void load_masked_tile(const typename Tag::storage* x, int64_t ld, int64_t rows, const int64_t* idx,
+                             int64_t n, float scale, Tag tag, float* xt) {
+  for (int64_t c = 0; c < n; ++c) {
+    float* col = xt + c * kLanes;
+    const int64_t j = idx[c];
+    for (int64_t i = 0; i < rows; ++i) col[i] = load_as_float(x + i * ld, j, tag) * scale;
+    for (int64_t i = rows; i < kLanes; ++i) col[i] = 0.0f;
+  }
+}
+
+// 64-byte aligned scratch owned by one thread.
+template <typename T>
+struct Scratch {
+  T* data = nullptr;
+  explicit Scratch(int64_t n)
+      : data(static_cast<T*>(::operator new(static_cast<size_t>(n > 0 ? n : 1) * sizeof(T), std::align_val_t(64)))) {}
+  ~Scratch() { ::operator delete(data, std::align_val_t(64)); }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+};
+
+}  // namespace detail
+}  // namespace grass
