@@ -6,7 +6,6 @@
 // row lengths. The transpose is a gather, one thread per (column, group of rows): it needs
 // no atomics and is deterministic.
 #include <algorithm>
-#include <memory>
 
 #include "common.cuh"
 #include "grass/sjlt.h"
@@ -103,7 +102,7 @@ __global__ void __launch_bounds__(NT, gpu::kMinBlocks<NT, kDet>)
     }
     if constexpr (!kGlobalAcc) {
       __syncthreads();
-      gpu::flush_rows<NT>(a, parts == 1 ? gpu::Flush::kStore : gpu::Flush::kAtomic, acc, b, 1, 0);
+      gpu::flush_rows<NT>(a, parts == 1 ? gpu::Flush::kStore : gpu::Flush::kAtomic, acc, b, 1);
       __syncthreads();
     }
   }

@@ -5,7 +5,7 @@
 //    does not fit, the output rows themselves in global memory);
 //  * the deterministic scatter of a tile: a stable block radix sort by bucket, then each
 //    bucket's run of entries is added by one thread in sorted order;
-//  * the flush of an accumulator into y (store, atomic add, or a per-chunk partial);
+//  * the flush of an accumulator into y (store, or atomic add when blocks share a row);
 //  * the launch plan: rows per block, column chunks per row, shared memory.
 #pragma once
 #include <cub/block/block_radix_sort.cuh>
@@ -13,7 +13,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <memory>
 
 #include "common.cuh"
 #include "grass/hash.h"
@@ -65,11 +64,9 @@ __device__ __forceinline__ float signed_value(float x, float scale, uint32_t cod
 
 // How a block's accumulator reaches y.
 enum class Flush : int {
-  kNone = 0,     // the accumulator is y itself (global accumulator)
-  kStore = 1,    // the block owns its output rows: plain stores
-  kAtomic = 2,   // several blocks share a row (fast mode): atomic adds into zeroed y
-  kPartial = 3,  // several blocks share a row (deterministic): per-chunk partial rows,
-                 // summed in chunk order by reduce_partials_kernel
+  kNone = 0,    // the accumulator is y itself (global accumulator)
+  kStore = 1,   // the block owns its output rows: plain stores
+  kAtomic = 2,  // several blocks share a row (fast mode only): atomic adds into zeroed y
 };
 
 // Parameters every sketching kernel needs, passed by value.
@@ -84,9 +81,8 @@ struct SketchArgs {
   int64_t n_groups = 1;    // ceil(B / R)
   int64_t chunk = 0;       // entries (columns) per chunk, a multiple of the tile
   Flush flush = Flush::kStore;
-  bool vec_flush = false;  // y (or partial) rows are 16-byte aligned: float4 flush
+  bool vec_flush = false;  // y rows are 16-byte aligned: float4 flush
   float* y = nullptr;      // [B, k]
-  float* partial = nullptr;  // [n_chunks, B, k] when flush == kPartial
 };
 
 inline SketchArgs make_sketch_args(int64_t B, const SjltParams& params) {
@@ -109,19 +105,20 @@ __device__ __forceinline__ void zero_shared(float* acc, int64_t n) {
   __syncthreads();
 }
 
-// Writes rows [b0, b0 + rows) of the block's shared accumulator [rows, k] out with `mode`;
-// `chunk_id` selects the partial slice. Callers sync before (the accumulator is complete)
-// and after (before it is zeroed again).
+// Writes rows [b0, b0 + rows) of the block's shared accumulator [rows, k] into y with
+// `mode` (kStore or kAtomic). Callers sync before (the accumulator is complete) and after
+// (before it is zeroed again). Not inlined: it would raise the register count of the hot
+// loop it follows.
 template <int NT>
-__device__ __noinline__ void flush_rows(const SketchArgs& a, Flush mode, const float* acc, int64_t b0, int rows,
-                           int64_t chunk_id) {
+__device__ __noinline__ void flush_rows(const SketchArgs& a, Flush mode, const float* acc,
+                                        int64_t b0, int rows) {
   const int64_t k = a.k;
-  float* out = mode == Flush::kPartial ? a.partial + chunk_id * a.B * k : a.y;
+  float* out = a.y;
   const bool atomic = mode == Flush::kAtomic;
   for (int r = 0; r < rows; ++r) {
     const float* src = acc + static_cast<int64_t>(r) * k;
     float* dst = out + (b0 + r) * k;
-    if (a.vec_flush) {  // k % 4 == 0 and `out` 16-byte aligned, so every row is
+    if (a.vec_flush) {  // k % 4 == 0 and y 16-byte aligned, so every row is
       const float4* src4 = reinterpret_cast<const float4*>(src);
       float4* dst4 = reinterpret_cast<float4*>(dst);
       for (int64_t i = threadIdx.x; i < k / 4; i += NT) {
@@ -218,24 +215,23 @@ struct RowsPlan {
 // Shared-memory budget of one block's accumulator rows, so that two or more blocks share an
 // SM (latency hiding); a single row may use up to the opt-in maximum.
 constexpr size_t kPreferredAccBytes = 96 * 1024;
-// The deterministic mode's partial rows are capped (fewer chunks are used instead).
-constexpr int64_t kMaxPartialBytes = int64_t{256} << 20;
 
 // threads: block size. n_entries: columns (entries) per row. tile: entries per block
 // iteration. per_row_extra: dynamic bytes per row beyond the k accumulator floats (the
 // deterministic mode stages the tile's values). static_bytes: the kernel's static shared
-// memory. max_rows: the kernel's compile-time row limit. max_chunks: 1 when one block must
-// own whole rows (e.g. CSR rows, whose lengths the host does not know).
+// memory. max_rows: the kernel's compile-time row limit.
+//
+// Deterministic plans never split a row: one block owns each output row and adds its
+// entries in ascending order, so the result is independent of the device and equal to
+// the CPU kernel's (same additions in the same order). Parallelism then comes from rows
+// alone (R is lowered so that there are about as many blocks as SMs when B allows).
 RowsPlan plan_rows(const DeviceLimits& dev, int threads, int64_t B, int64_t n_entries, int64_t k,
                    bool deterministic, int64_t tile, size_t per_row_extra, size_t static_bytes,
-                   int max_rows, int64_t max_chunks);
+                   int max_rows);
 
-// Host side of a plan: zero y when blocks add into it (atomic flush or global accumulator),
-// or allocate the partial rows (stream-ordered, released when `partials` dies).
-void begin_output(SketchArgs& a, const RowsPlan& plan, std::unique_ptr<Scratch>& partials,
-                  cudaStream_t stream, const char* func);
-// After the sketch kernel: sums the partial rows into y (deterministic chunked plans).
-void end_output(const SketchArgs& a, const RowsPlan& plan, cudaStream_t stream, const char* func);
+// Host side of a plan: copies it into the kernel arguments and zeroes y when blocks add
+// into it (atomic flush or global accumulator).
+void begin_output(SketchArgs& a, const RowsPlan& plan, cudaStream_t stream, const char* func);
 
 }  // namespace gpu
 }  // namespace grass

@@ -10,13 +10,12 @@
 //                 value is added into the shared accumulator with a shared-memory atomic;
 //  deterministic: the R rows' values are staged in shared memory, the codes sorted by
 //                 bucket once per tile (SortedTile) and each bucket's run is added by one
-//                 thread in a fixed order.
+//                 thread in ascending entry order. Rows are never split between blocks,
+//                 so every y element is the same left-to-right sum as on the CPU.
 //
 // The accumulator is then flushed (plan.flush). When k floats do not fit in shared memory
-// the y rows themselves accumulate (kGlobalAcc; y is zeroed first; the deterministic mode
-// then keeps one block per row so each y element has one writer at a time).
+// the y rows themselves accumulate (kGlobalAcc; y is zeroed first).
 #pragma once
-#include <memory>
 #include <type_traits>
 
 #include "sketch.cuh"
@@ -177,7 +176,7 @@ __global__ void __launch_bounds__(NT, kMinBlocks<NT, kDet>) sketch_rows_kernel(S
     }
     if constexpr (!kGlobalAcc) {
       __syncthreads();
-      flush_rows<NT>(a, a.flush, acc, b0, rows, blockIdx.x);
+      flush_rows<NT>(a, a.flush, acc, b0, rows);
       __syncthreads();
     }
   }
@@ -201,16 +200,14 @@ void launch_sketch_rows(const Src& src, int64_t n_entries, SketchArgs a, bool de
     const size_t static_bytes = static_smem(k_shared, func);
     const size_t per_row_extra = kDet ? static_cast<size_t>(C) * sizeof(float) : 0;
     const RowsPlan plan = plan_rows(dev, NT, a.B, n_entries, a.k, kDet, C, per_row_extra,
-                                    static_bytes, kRowsMax, INT64_MAX);
+                                    static_bytes, kRowsMax);
     GRASS_CHECK(plan.n_chunks <= kMaxGridX, "too many column chunks (%lld)", (long long)plan.n_chunks);
-    std::unique_ptr<Scratch> partials;
-    begin_output(a, plan, partials, stream, func);
+    begin_output(a, plan, stream, func);
     auto kernel = plan.global_acc ? k_global : k_shared;
     allow_dynamic_smem(kernel, plan.dyn_smem, func);
     const dim3 grid(static_cast<unsigned>(plan.n_chunks), grid_yz(plan.n_groups));
     kernel<<<grid, NT, plan.dyn_smem, stream>>>(src, a);
     check_cuda(cudaGetLastError(), "launch of sketch_rows_kernel", func);
-    end_output(a, plan, stream, func);
   };
   if (deterministic)
     run(std::true_type{}, std::integral_constant<int, kDetThreads>{});
