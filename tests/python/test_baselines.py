@@ -257,3 +257,34 @@ def test_per_sample_gradients_check_reduction():
     x, y = _data(4)
     with pytest.raises(ValueError, match="per-sample values"):
         per_sample_gradients(space, lambda m, b: ce(m, b).mean(), (x, y))
+
+
+# ------------------------------------------------------------------ the TracIn class, end to end
+
+def test_tracin_class_over_checkpoints(tmp_path):
+    import grass
+    from grass.score.baselines import TracIn
+    x, y = _data(40)
+    xt, yt = _data(5, seed=9)
+    train = DataLoader(TensorDataset(x, y), batch_size=16)
+    test = DataLoader(TensorDataset(xt, yt), batch_size=5)
+    model, other = _mlp(0), _mlp(1)
+    torch.save(other.state_dict(), tmp_path / "ckpt.pt")
+    lrs = [0.1, 0.02]
+    tr = TracIn(model, ce, grass.compress.Identity(), store=tmp_path / "tracin",
+                checkpoints=[None, tmp_path / "ckpt.pt"], learning_rates=lrs, progress=False)
+    tr.cache(train)
+    S = tr.scores(test)
+    names = ["0.weight", "0.bias", "2.weight", "2.bias"]
+    ref = torch.zeros(5, 40, dtype=torch.float64)
+    ref_si = torch.zeros(40, dtype=torch.float64)
+    for lr, m in zip(lrs, (model, other)):
+        G = _loop_grads(m, ce, x, y, names)
+        T = _loop_grads(m, ce, xt, yt, names)  # ∇ℓ(test)
+        ref += lr * T @ G.T
+        ref_si += lr * G.square().sum(1)
+    assert ((S.double() - ref).norm() / ref.norm()).item() < 1e-5
+    assert ((tr.self_influence() - ref_si).norm() / ref_si.norm()).item() < 1e-5
+    _, idx = tr.top_k(test, 4)
+    assert torch.equal(idx, torch.sort(S, dim=1, descending=True, stable=True).indices[:, :4])
+    assert torch.equal(model[0].weight, _mlp(0)[0].weight)  # own weights restored

@@ -93,7 +93,7 @@ class TracIn:
     def self_influence(self) -> torch.Tensor:
         """Σ_c η_c ‖∇ℓ_{i,c}‖² [N] (TracIn's self-influence, used to find mislabelled data)."""
         total = None
-        for eta, attr in zip(self.learning_rates, self.attributors):
+        for eta, attr in zip(self.learning_rates, self._each()):
             store = attr.train_store()
             s = eta * _self_influence(IdentityPreconditioner(store.block_sizes), store,
                                       progress=self.progress)
