@@ -117,6 +117,7 @@ class Attributor:
                             "grass.compress.FactGraSS(k=4096), or grass.compress.Identity() for "
                             f"uncompressed gradients; got {compressor!r}")
         self.model = model
+        self._hash_cache = None
         self.loss_fn = loss_fn
         self.target_fn = resolve_target(loss_fn, target_fn)
         self.spec = compressor
@@ -208,10 +209,20 @@ class Attributor:
         return self
 
     # ------------------------------------------------------------------ fingerprints
+    def _model_hash(self) -> str:
+        # Hashing every weight is O(#params); reuse the hash while no tensor was replaced
+        # or modified in place (in-place ops, optimizer steps and load_state_dict all bump
+        # a tensor's version counter).
+        tensors = list(self.model.parameters()) + list(self.model.buffers())
+        key = tuple((id(t), t.data_ptr(), t._version) for t in tensors)
+        if self._hash_cache is None or self._hash_cache[0] != key:
+            self._hash_cache = (key, hash_module(self.model))
+        return self._hash_cache[1]
+
     def _static_fingerprint(self, *, with_state: bool = True) -> Dict[str, Any]:
         fp = {
             "format_version": FORMAT_VERSION,
-            "model": hash_module(self.model),
+            "model": self._model_hash(),
             "model_training": bool(self.model.training),
             "compressor": self.spec.config(),
             "layers": [info.to_dict() for info in self.layers],

@@ -266,3 +266,16 @@ def test_temporary_run_directory_is_removed(tmp_path):
     del attr
     gc.collect()
     assert not os.path.exists(path)
+
+
+def test_weights_changed_after_caching_are_noticed(tmp_path):
+    train, test = _loaders()
+    attr = _fresh_attr(tmp_path)
+    attr.cache(train)
+    attr.fit()
+    with torch.no_grad():
+        attr.model[2].bias.add_(1e-4)  # e.g. one more optimizer step
+    with pytest.raises(FingerprintMismatch, match="model"):
+        attr.scores(test)
+    attr.model.load_state_dict(_model().state_dict())  # back to the cached weights
+    assert torch.isfinite(attr.fit().scores(test)).all()
