@@ -724,12 +724,14 @@ def cuda_available() -> Tuple[bool, str]:
     """
     if not _CUDA_COMPILED:
         return False, _C.cuda_runtime_status()["reason"]
-    if not torch.cuda.is_available():
-        return False, (f"torch {torch.__version__} cannot use CUDA here (a CPU-only build of "
-                       f"torch, or no device visible to it)")
-    status = _C.cuda_runtime_status()
+    status = _C.cuda_runtime_status()  # grass's own (statically linked) CUDA runtime
+    torch_reason = "" if torch.cuda.is_available() else (
+        f"torch {torch.__version__} cannot use CUDA here (a CPU-only build of torch, or no "
+        f"device visible to it)")
     if not status["available"]:
-        return False, status["reason"]
+        return False, status["reason"] + (f"; {torch_reason}" if torch_reason else "")
+    if torch_reason:
+        return False, torch_reason
     return True, ""
 
 
