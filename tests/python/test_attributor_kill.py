@@ -62,11 +62,11 @@ def _committed(store_dir):
 @pytest.mark.parametrize("spec", ["Gaussian(k=32, seed=5)"])
 def test_killed_caching_run_resumes_bitwise(tmp_path, spec):
     ref = tmp_path / "ref"
-    assert _child(ref, 0.0, spec).wait(timeout=300) == 0
+    assert _child(ref, 0.0, spec).wait(timeout=600) == 0
 
     run = tmp_path / "run"
     child = _child(run, 0.004, spec)
-    deadline = time.time() + 120
+    deadline = time.time() + 300
     while _committed(run / "train") < 2 * CHUNK:
         assert child.poll() is None, "the caching run ended before it could be killed"
         assert time.time() < deadline, "the caching run made no progress"
@@ -76,7 +76,7 @@ def test_killed_caching_run_resumes_bitwise(tmp_path, spec):
     killed_at = _committed(run / "train")
     assert 2 * CHUNK <= killed_at < N
 
-    assert _child(run, 0.0, spec).wait(timeout=300) == 0
+    assert _child(run, 0.0, spec).wait(timeout=600) == 0
     a = (ref / "train" / "gradients.bin").read_bytes()
     b = (run / "train" / "gradients.bin").read_bytes()
     assert len(a) == N * 32 * 2 * 4 and a == b  # two layers of k = 32, float32
