@@ -20,6 +20,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "grass/check.h"
@@ -154,7 +155,16 @@ void sjlt_cpu(const void* x /* [B, p] */, DType dtype, int64_t B, int64_t p,
         for (int64_t j0 = 0; j0 < p; j0 += kHashTile) {
           const int64_t nh = std::min(kHashTile, p - j0);
           hash_tile(hash, j0, nh, bucket.data, sign.data);
-          for (int64_t c0 = 0; c0 < nh; c0 += kSubTile) {
+          int64_t c0 = 0;
+#if defined(__AVX512F__)
+          if constexpr (std::is_same<decltype(tag), F32Tag>::value) {
+            if (rows == kLanes) {
+              for (; c0 + kLanes <= nh; c0 += kLanes)
+                sketch_tile16_f32(xs + b0 * p + j0 + c0, p, scale, acc.data, bucket.data + c0, sign.data + c0, s, nh);
+            }
+          }
+#endif
+          for (; c0 < nh; c0 += kSubTile) {
             const int64_t n = std::min(kSubTile, nh - c0);
             load_dense_tile(xs + b0 * p, p, rows, j0 + c0, n, scale, tag, xt.data);
             scatter_tile(acc.data, xt.data, n, s, bucket.data + c0, sign.data + c0, nh);

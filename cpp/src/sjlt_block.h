@@ -117,8 +117,10 @@ inline void store_rows(const float* acc, int64_t k, int64_t rows, float* y, int6
 constexpr __mmask16 kAll16 = 0xFFFF;
 constexpr __mmask8 kAll8 = 0xFF;
 
-// In-register transpose of a 16 x 16 float tile: r[i] holds row i on entry, column i on exit.
-inline void transpose16(__m512 r[16]) {
+// Transposes a 16 x 16 float tile held in registers, r[i] = row i, and stores column c
+// to out + c * 16. (Stores straight from the last shuffle stage: an array of results
+// written back and then copied out ends up as a spill and a memcpy.)
+inline void transpose16_store(const __m512 r[16], float* out) {
   __m512 t[16];
   for (int i = 0; i < 16; i += 2) {
     t[i] = _mm512_maskz_unpacklo_ps(kAll16, r[i], r[i + 1]);
@@ -139,10 +141,10 @@ inline void transpose16(__m512 r[16]) {
     const __m512 w0 = _mm512_maskz_shuffle_f32x4(kAll16, u[m], u[4 + m], 0xdd);
     const __m512 v1 = _mm512_maskz_shuffle_f32x4(kAll16, u[8 + m], u[12 + m], 0x88);
     const __m512 w1 = _mm512_maskz_shuffle_f32x4(kAll16, u[8 + m], u[12 + m], 0xdd);
-    r[m] = _mm512_maskz_shuffle_f32x4(kAll16, v0, v1, 0x88);
-    r[8 + m] = _mm512_maskz_shuffle_f32x4(kAll16, v0, v1, 0xdd);
-    r[4 + m] = _mm512_maskz_shuffle_f32x4(kAll16, w0, w1, 0x88);
-    r[12 + m] = _mm512_maskz_shuffle_f32x4(kAll16, w0, w1, 0xdd);
+    _mm512_store_ps(out + m * kLanes, _mm512_maskz_shuffle_f32x4(kAll16, v0, v1, 0x88));
+    _mm512_store_ps(out + (8 + m) * kLanes, _mm512_maskz_shuffle_f32x4(kAll16, v0, v1, 0xdd));
+    _mm512_store_ps(out + (4 + m) * kLanes, _mm512_maskz_shuffle_f32x4(kAll16, w0, w1, 0x88));
+    _mm512_store_ps(out + (12 + m) * kLanes, _mm512_maskz_shuffle_f32x4(kAll16, w0, w1, 0xdd));
   }
 }
 
@@ -157,6 +159,69 @@ inline __m512 load16(const uint16_t* p, BF16Tag) {
 }
 #endif
 
+#if defined(__AVX512F__)
+// One 16 x 16 tile: rows base + i * ld, 16 columns each, transposed into xt[16][16] and
+// scaled. Kept out of line so that the caller's loop does not hoist 16 row pointers (with
+// the transpose's 32 vector registers, they would be spilled). The rows are prefetched
+// kPrefetchBytes ahead: 16 concurrent streams are more than the hardware prefetcher keeps
+// up with.
+constexpr int64_t kPrefetchBytes = 512;
+template <typename Tag>
+__attribute__((noinline)) void transpose_tile16(const typename Tag::storage* base, int64_t ld, float scale, Tag tag,
+                                                float* xt) {
+  using Storage = typename Tag::storage;
+  constexpr int64_t ahead = kPrefetchBytes / static_cast<int64_t>(sizeof(Storage));
+  __m512 r[16];
+  for (int i = 0; i < 16; ++i) _mm_prefetch(reinterpret_cast<const char*>(base + i * ld + ahead), _MM_HINT_T0);
+  for (int i = 0; i < 16; ++i) r[i] = load16(base + i * ld, tag);
+  if (scale != 1.0f) {  // elementwise, so before the transpose: the same roundings
+    const __m512 vs = _mm512_set1_ps(scale);
+    for (int i = 0; i < 16; ++i) r[i] = _mm512_mul_ps(r[i], vs);
+  }
+  transpose16_store(r, xt);
+}
+
+// The fused float32 path for a full block: 16 columns of 16 rows at base (row stride ld)
+// are loaded, transposed and scatter-added into acc without passing through memory.
+// The transpose is done mostly by the loads: for column group L (columns 4L..4L+3),
+// w[g] gathers the 128-bit pieces of rows g, g+4, g+8, g+12 into its four lanes (one
+// load and three masked broadcasts); a 4 x 4 transpose inside each lane (8 shuffles per
+// group, 32 per tile instead of 64) then leaves column 4L+m of all 16 rows in one vector.
+__attribute__((noinline)) inline void sketch_tile16_f32(const float* base, int64_t ld, float scale, float* acc,
+                                                        const uint32_t* bucket, const float* sign, int64_t s,
+                                                        int64_t code_ld) {
+  constexpr int64_t ahead = kPrefetchBytes / 4;
+  for (int i = 0; i < 16; ++i) _mm_prefetch(reinterpret_cast<const char*>(base + i * ld + ahead), _MM_HINT_T0);
+  const __m512 vs = _mm512_set1_ps(scale);
+  for (int L = 0; L < 4; ++L) {
+    __m512 w[4];
+    for (int g = 0; g < 4; ++g) {
+      const float* r0 = base + g * ld + 4 * L;
+      __m512 v = _mm512_castps128_ps512(_mm_loadu_ps(r0));
+      v = _mm512_mask_broadcast_f32x4(v, 0x00F0, _mm_loadu_ps(r0 + 4 * ld));
+      v = _mm512_mask_broadcast_f32x4(v, 0x0F00, _mm_loadu_ps(r0 + 8 * ld));
+      v = _mm512_mask_broadcast_f32x4(v, 0xF000, _mm_loadu_ps(r0 + 12 * ld));
+      w[g] = scale != 1.0f ? _mm512_mul_ps(v, vs) : v;
+    }
+    const __m512d t0 = _mm512_castps_pd(_mm512_maskz_unpacklo_ps(kAll16, w[0], w[1]));
+    const __m512d t1 = _mm512_castps_pd(_mm512_maskz_unpackhi_ps(kAll16, w[0], w[1]));
+    const __m512d t2 = _mm512_castps_pd(_mm512_maskz_unpacklo_ps(kAll16, w[2], w[3]));
+    const __m512d t3 = _mm512_castps_pd(_mm512_maskz_unpackhi_ps(kAll16, w[2], w[3]));
+    const __m512 col[4] = {_mm512_castpd_ps(_mm512_maskz_unpacklo_pd(kAll8, t0, t2)),
+                           _mm512_castpd_ps(_mm512_maskz_unpackhi_pd(kAll8, t0, t2)),
+                           _mm512_castpd_ps(_mm512_maskz_unpacklo_pd(kAll8, t1, t3)),
+                           _mm512_castpd_ps(_mm512_maskz_unpackhi_pd(kAll8, t1, t3))};
+    for (int m = 0; m < 4; ++m) {
+      const int64_t c = 4 * L + m;
+      for (int64_t r = 0; r < s; ++r) {
+        float* line = acc + static_cast<int64_t>(bucket[r * code_ld + c]) * kLanes;
+        _mm512_store_ps(line, _mm512_fmadd_ps(col[m], _mm512_set1_ps(sign[r * code_ld + c]), _mm512_load_ps(line)));
+      }
+    }
+  }
+}
+#endif
+
 // xt[c * 16 + i] = x[row i, j0 + c] * scale for c < n (n <= kSubTile), rows i < rows
 // (the rest of the 16 lanes zero); rows start at x + i * ld.
 template <typename Tag>
@@ -164,17 +229,8 @@ inline void load_dense_tile(const typename Tag::storage* x, int64_t ld, int64_t 
                             float scale, Tag tag, float* xt) {
   int64_t c = 0;
 #if defined(__AVX512F__)
-  if (rows == kLanes) {
-    const __m512 vs = _mm512_set1_ps(scale);
-    for (; c + 16 <= n; c += 16) {
-      __m512 r[16];
-      for (int i = 0; i < 16; ++i) r[i] = load16(x + i * ld + j0 + c, tag);
-      transpose16(r);
-      if (scale != 1.0f)
-        for (int i = 0; i < 16; ++i) r[i] = _mm512_mul_ps(r[i], vs);
-      for (int i = 0; i < 16; ++i) _mm512_store_ps(xt + (c + i) * kLanes, r[i]);
-    }
-  }
+  if (rows == kLanes)
+    for (; c + 16 <= n; c += 16) transpose_tile16(x + j0 + c, ld, scale, tag, xt + c * kLanes);
 #endif
   for (; c < n; ++c) {
     float* col = xt + c * kLanes;

@@ -81,6 +81,9 @@ GRASS_TEST(equals_unfused_and_reference) {
   check_case(9, 20011, 9000, 100, 2, grass::DType::F32, true, 5);      // several column tiles
   check_case(4, 3001, 1000, 33, 1, grass::DType::BF16, false, 6);
   check_case(4, 3001, 1000, 33, 2, grass::DType::F16, true, 7);
+  // Full blocks of 16 rows and a partial one.
+  check_case(35, 4000, 1500, 128, 1, grass::DType::F32, true, 8);
+  check_case(17, 2000, 700, 50, 3, grass::DType::BF16, false, 9);
 }
 
 GRASS_TEST(empty_mask_gives_zeros) {
@@ -91,7 +94,7 @@ GRASS_TEST(empty_mask_gives_zeros) {
 }
 
 GRASS_TEST(seeded_deterministic_thread_independent) {
-  const int64_t B = 10, p = 5000;
+  const int64_t B = 40, p = 5000;
   const grass_test::Input in = grass_test::random_input(B * p, 11, grass::DType::F32);
   std::vector<int64_t> idx(1200);
   grass::random_mask_indices(p, 1200, 4, idx.data());

@@ -99,6 +99,13 @@ GRASS_TEST(dense_matches_explicit_reference) {
   check_dense(2, 1, 4, 2, grass::DType::F32, 0.0, 7);           // p = 1
   check_dense(3, 20000, 4096, 1, grass::DType::F32, 0.0, 8);    // k in the benchmark range
   check_dense(2, 5000, 5, 5, grass::DType::F32, 0.0, 9);        // s = k > 1, many tiles
+  // Full blocks of 16 rows (the vectorised paths) plus a partial block; p not a multiple
+  // of the 16-column tile nor of the hash tile.
+  check_dense(37, 3001, 256, 1, grass::DType::F32, 0.0, 10);
+  check_dense(33, 2500, 100, 3, grass::DType::F32, 0.2, 11);
+  check_dense(16, 1024, 32, 1, grass::DType::F32, 0.0, 12);     // exactly one block, one tile
+  check_dense(20, 1030, 64, 2, grass::DType::BF16, 0.1, 13);
+  check_dense(18, 777, 48, 1, grass::DType::F16, 0.0, 14);
 }
 
 GRASS_TEST(half_inputs_equal_float_inputs_bitwise) {
@@ -106,7 +113,7 @@ GRASS_TEST(half_inputs_equal_float_inputs_bitwise) {
   // the same order with float32 accumulation: bitwise equal outputs.
   for (grass::DType dt : {grass::DType::F16, grass::DType::BF16}) {
     for (int64_t s : {1, 3}) {
-      const int64_t B = 3, p = 5003;
+      const int64_t B = 19, p = 5003;  // a full block of 16 rows and a partial one
       const grass_test::Input half = grass_test::random_input(B * p, 40 + s, dt, 0.2);
       grass_test::Input f32;
       f32.f32 = half.f32;
@@ -122,7 +129,7 @@ GRASS_TEST(csr_equals_dense) {
   // (the dense path skips zeros, which would not change the sums anyway).
   for (double zeros : {0.0, 0.3, 0.9}) {
     for (int64_t s : {1, 2}) {
-      const int64_t B = 6, p = 4099;
+      const int64_t B = 35, p = 4099;
       const grass_test::Input in = grass_test::random_input(B * p, 60, grass::DType::F32, zeros);
       const grass::SjltParams params = sjlt_params(128, s, 3);
       const Csr c = to_csr(in.f32, B, p);
@@ -244,7 +251,7 @@ GRASS_TEST(norm_preserved_in_expectation) {
 }
 
 GRASS_TEST(seeded_deterministic_thread_independent) {
-  const int64_t B = 13, p = 10007;
+  const int64_t B = 45, p = 10007;
   const grass_test::Input in = grass_test::random_input(B * p, 100, grass::DType::F32, 0.3);
   const grass::SjltParams params = sjlt_params(256, 2, 42);
   const int saved = omp_get_max_threads();
