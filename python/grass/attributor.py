@@ -25,7 +25,7 @@ import tempfile
 import warnings
 import weakref
 from collections.abc import Sequence
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
 from torch.utils._pytree import tree_map

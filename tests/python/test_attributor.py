@@ -2,7 +2,6 @@
 per-sample loop, fingerprints, saved state, cached test gradients, loader checks."""
 import copy
 
-import numpy as np
 import pytest
 import torch
 from torch import nn

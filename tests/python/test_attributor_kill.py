@@ -1,7 +1,6 @@
 """Attributor.cache killed with SIGKILL part-way (a real separate process) resumes to a
 store bitwise identical to an uninterrupted run."""
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -1,6 +1,5 @@
 """Gradient store: round trips in every dtype, commits, resume, fingerprints, bad input."""
 import json
-import os
 
 import numpy as np
 import pytest

@@ -7,7 +7,7 @@ packed layout, and the factors live on the Fisher's device.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Sequence
 
 import torch
 

@@ -8,7 +8,7 @@ are written.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable
 
 import torch
 from tqdm.auto import tqdm

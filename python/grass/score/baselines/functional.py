@@ -6,7 +6,7 @@ calls the model (not only ``model(x)``) sees the substituted parameters.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence
 
 import torch
 from torch import nn
