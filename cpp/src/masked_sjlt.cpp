@@ -37,7 +37,9 @@ void masked_sjlt_cpu(const void* x /* [B, p] */, DType dtype, int64_t B, int64_t
   const int64_t k = params.k, s = params.s;
   const SjltHash hash(params.seed, k, s);
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(s)));
-  const int64_t row_blocks = (B + kLanes - 1) / kLanes;
+  const int64_t full = B / kLanes, rem = B % kLanes;
+  const bool rem_as_block = rem >= kMinBlockRows;
+  const int64_t items = full + (rem_as_block ? 1 : rem);
 
   dispatch_float_dtype(dtype, [&](auto tag) {
     using Storage = typename decltype(tag)::storage;
@@ -48,9 +50,14 @@ void masked_sjlt_cpu(const void* x /* [B, p] */, DType dtype, int64_t B, int64_t
       Scratch<float> xt(kSubTile * kLanes);
       Scratch<uint32_t> bucket(kHashTile * s);
       Scratch<float> sign(kHashTile * s);
-#pragma omp for schedule(static)
-      for (int64_t rb = 0; rb < row_blocks; ++rb) {
-        const int64_t b0 = rb * kLanes;
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t item = 0; item < items; ++item) {
+        if (item >= full && !rem_as_block) {
+          const int64_t b = full * kLanes + (item - full);
+          sketch_row(xs + b * p, kp, [idx](int64_t j) { return idx[j]; }, hash, scale, tag, y + b * k, bucket.data);
+          continue;
+        }
+        const int64_t b0 = item * kLanes;
         const int64_t rows = std::min(kLanes, B - b0);
         std::memset(acc.data, 0, static_cast<size_t>(k * kLanes) * sizeof(float));
         for (int64_t j0 = 0; j0 < kp; j0 += kHashTile) {

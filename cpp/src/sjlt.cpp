@@ -45,16 +45,6 @@ inline uint32_t packed_code(const SjltHash& hash, int64_t column, int64_t replic
   return static_cast<uint32_t>(bucket) | (neg ? kNegBit : 0u);
 }
 
-// y[bucket] += sign * v, the sign applied by flipping v's sign bit (exact).
-inline void scatter_one(float* y, uint32_t code, float v) {
-  uint32_t bits;
-  std::memcpy(&bits, &v, 4);
-  bits ^= code & kNegBit;
-  float sv;
-  std::memcpy(&sv, &bits, 4);
-  y[code & ~kNegBit] += sv;
-}
-
 // One CSR row's non-zeros [e, e_end) scatter-added into yb; returns the position of the
 // first column index outside [0, p), or INT64_MAX. `codes` is the table of packed codes
 // of every column (replica-major within a column) or null to hash on the fly. Arguments
@@ -67,21 +57,21 @@ int64_t csr_row(float* yb, const int64_t* indices, const typename Tag::storage* 
     for (; e < e_end; ++e) {
       const int64_t j = indices[e];
       if (static_cast<uint64_t>(j) >= static_cast<uint64_t>(p)) return e;
-      scatter_one(yb, codes[j], load_as_float(values, e, tag));
+      detail::scatter_one(yb, codes[j], load_as_float(values, e, tag));
     }
   } else if (codes) {
     for (; e < e_end; ++e) {
       const int64_t j = indices[e];
       if (static_cast<uint64_t>(j) >= static_cast<uint64_t>(p)) return e;
       const float sv = load_as_float(values, e, tag) * scale;
-      for (int64_t r = 0; r < s; ++r) scatter_one(yb, codes[j * s + r], sv);
+      for (int64_t r = 0; r < s; ++r) detail::scatter_one(yb, codes[j * s + r], sv);
     }
   } else {
     for (; e < e_end; ++e) {
       const int64_t j = indices[e];
       if (static_cast<uint64_t>(j) >= static_cast<uint64_t>(p)) return e;
       const float sv = load_as_float(values, e, tag) * scale;
-      for (int64_t r = 0; r < s; ++r) scatter_one(yb, packed_code(hash, j, r), sv);
+      for (int64_t r = 0; r < s; ++r) detail::scatter_one(yb, packed_code(hash, j, r), sv);
     }
   }
   return INT64_MAX;
@@ -136,7 +126,11 @@ void sjlt_cpu(const void* x /* [B, p] */, DType dtype, int64_t B, int64_t p,
   const int64_t k = params.k, s = params.s;
   const SjltHash hash(params.seed, k, s);
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(s)));
-  const int64_t row_blocks = (B + kLanes - 1) / kLanes;
+  // Work items: full blocks of 16 rows; the remaining rows as one more block, or one item
+  // per row when they are too few to fill a block worth its cost.
+  const int64_t full = B / kLanes, rem = B % kLanes;
+  const bool rem_as_block = rem >= kMinBlockRows;
+  const int64_t items = full + (rem_as_block ? 1 : rem);
 
   dispatch_float_dtype(dtype, [&](auto tag) {
     using Storage = typename decltype(tag)::storage;
@@ -147,9 +141,14 @@ void sjlt_cpu(const void* x /* [B, p] */, DType dtype, int64_t B, int64_t p,
       Scratch<float> xt(kSubTile * kLanes);        // [64, 16] transposed columns
       Scratch<uint32_t> bucket(kHashTile * s);     // [s, tile]
       Scratch<float> sign(kHashTile * s);
-#pragma omp for schedule(static)
-      for (int64_t rb = 0; rb < row_blocks; ++rb) {
-        const int64_t b0 = rb * kLanes;
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t item = 0; item < items; ++item) {
+        if (item >= full && !rem_as_block) {
+          const int64_t b = full * kLanes + (item - full);
+          sketch_row(xs + b * p, p, [](int64_t j) { return j; }, hash, scale, tag, y + b * k, bucket.data);
+          continue;
+        }
+        const int64_t b0 = item * kLanes;
         const int64_t rows = std::min(kLanes, B - b0);
         std::memset(acc.data, 0, static_cast<size_t>(k * kLanes) * sizeof(float));
         for (int64_t j0 = 0; j0 < p; j0 += kHashTile) {

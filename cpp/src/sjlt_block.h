@@ -29,6 +29,9 @@ namespace detail {
 constexpr int64_t kLanes = 16;      // rows per block = floats per accumulator line
 constexpr int64_t kHashTile = 1024;  // columns whose codes are hashed at once (per replica)
 constexpr int64_t kSubTile = 64;     // columns transposed at a time: 64 x 16 floats = 4 KiB
+// A block costs the same whatever number of its 16 lanes hold rows: fewer rows than this
+// are sketched one by one (sketch_row), which also spreads them over threads.
+constexpr int64_t kMinBlockRows = 4;
 
 // Codes of columns [j0, j0 + n) for every replica, replica-major: bucket[r * n + c] and
 // sign[r * n + c] in {+1.0f, -1.0f}. Bit for bit SjltHash::code, in a loop the compiler
@@ -63,6 +66,35 @@ inline void hash_packed(const SjltHash& hash, int64_t j0, int64_t n, uint32_t* c
       const uint64_t h = draw(key, static_cast<uint64_t>(j0 + c) * static_cast<uint64_t>(s) + static_cast<uint64_t>(r));
       code[c * s + r] = static_cast<uint32_t>(lo + static_cast<int64_t>(((h >> 32) * width) >> 32)) |
                         (static_cast<uint32_t>(h & 1u) << 31);
+    }
+  }
+}
+
+// y[bucket] += sign * v for a packed code, the sign applied by flipping v's sign bit:
+// the same value as the blocked path's fma(v, +-1, acc).
+inline void scatter_one(float* y, uint32_t code, float v) {
+  uint32_t bits;
+  std::memcpy(&bits, &v, 4);
+  bits ^= code & 0x80000000u;
+  float sv;
+  std::memcpy(&sv, &bits, 4);
+  y[code & 0x7fffffffu] += sv;
+}
+
+// Rows that do not fill a block: one row alone, y[0, k) = S x for the n columns
+// column(0), ..., column(n - 1) of the row, with the blocked path's order and rounding.
+// `code` is scratch for kHashTile * s packed codes.
+template <typename Tag, typename ColumnOf>
+inline void sketch_row(const typename Tag::storage* row, int64_t n, ColumnOf column, const SjltHash& hash,
+                       float scale, Tag tag, float* y, uint32_t* code) {
+  const int64_t s = hash.s;
+  std::memset(y, 0, static_cast<size_t>(hash.k) * sizeof(float));
+  for (int64_t j0 = 0; j0 < n; j0 += kHashTile) {
+    const int64_t nh = n - j0 < kHashTile ? n - j0 : kHashTile;
+    hash_packed(hash, j0, nh, code);
+    for (int64_t c = 0; c < nh; ++c) {
+      const float v = load_as_float(row, column(j0 + c), tag) * scale;
+      for (int64_t r = 0; r < s; ++r) scatter_one(y, code[c * s + r], v);
     }
   }
 }
