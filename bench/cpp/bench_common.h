@@ -53,29 +53,100 @@ struct Buffer {
   size_t bytes() const { return n * sizeof(T); }
 };
 
-// The copy probe: every thread memcpy's its contiguous slice of src into dst. Returns
-// GB/s as (bytes read + bytes written) / median time, i.e. 2 * bytes / t.
-inline double copy_bandwidth_gbs(size_t bytes, int reps) {
-  Buffer<unsigned char> src(bytes), dst(bytes);
+// The copy probe: every thread memcpy's its contiguous slice of src into dst (glibc's
+// memcpy: non-temporal stores at these sizes, the fastest copy this machine does).
+// GB/s is (bytes read + bytes written) / time, i.e. 2 * bytes / t.
+struct CopyProbe {
+  size_t bytes;
+  Buffer<unsigned char> src, dst;
+  explicit CopyProbe(size_t n) : bytes(n), src(n), dst(n) {
 #pragma omp parallel
-  {
-    // First touch: each thread owns the pages of its slice, as in the copy itself.
-    const int nt = omp_get_num_threads(), t = omp_get_thread_num();
-    const size_t lo = bytes * t / nt, hi = bytes * (t + 1) / nt;
-    std::memset(src.data + lo, 1, hi - lo);
-    std::memset(dst.data + lo, 0, hi - lo);
+    {
+      // First touch: each thread owns the pages of its slice, as in the copy itself.
+      const int nt = omp_get_num_threads(), t = omp_get_thread_num();
+      const size_t lo = bytes * t / nt, hi = bytes * (t + 1) / nt;
+      std::memset(src.data + lo, 1, hi - lo);
+      std::memset(dst.data + lo, 0, hi - lo);
+    }
   }
-  const double sec = median_seconds(
-      [&] {
+  void run() {
 #pragma omp parallel
-        {
-          const int nt = omp_get_num_threads(), t = omp_get_thread_num();
-          const size_t lo = bytes * t / nt, hi = bytes * (t + 1) / nt;
-          std::memcpy(dst.data + lo, src.data + lo, hi - lo);
-        }
-      },
-      reps, 2);
-  return 2.0 * static_cast<double>(bytes) / sec / 1e9;
+    {
+      const int nt = omp_get_num_threads(), t = omp_get_thread_num();
+      const size_t lo = bytes * t / nt, hi = bytes * (t + 1) / nt;
+      std::memcpy(dst.data + lo, src.data + lo, hi - lo);
+    }
+  }
+  double seconds_once() {
+    const double t0 = now_seconds();
+    run();
+    return now_seconds() - t0;
+  }
+  double gbs(double sec) const { return 2.0 * static_cast<double>(bytes) / sec / 1e9; }
+};
+
+inline double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n == 0 ? 0.0 : (n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]));
+}
+
+// A kernel timed against the copy probe: each repetition runs one copy and then the
+// kernel, so both see the same machine (others' jobs come and go); the ratio is taken per
+// pair and its median reported.
+struct Paired {
+  double seconds;    // median kernel time
+  double copy_gbs;   // median copy probe GB/s over the same repetitions
+  double ratio;      // median of (kernel GB/s) / (copy GB/s), pair by pair
+};
+template <typename Fn>
+Paired time_against_copy(Fn&& fn, double kernel_bytes, CopyProbe& probe, int reps) {
+  fn();  // warm-up
+  probe.run();
+  std::vector<double> tk, gc, ratio;
+  for (int r = 0; r < std::max(reps, 1); ++r) {
+    const double tc = probe.seconds_once();
+    const double t0 = now_seconds();
+    fn();
+    const double t = now_seconds() - t0;
+    tk.push_back(t);
+    gc.push_back(probe.gbs(tc));
+    ratio.push_back(kernel_bytes / t / 1e9 / probe.gbs(tc));
+  }
+  return {median(tk), median(gc), median(ratio)};
+}
+
+inline double copy_bandwidth_gbs(CopyProbe& probe, int reps) {
+  probe.run();
+  std::vector<double> g;
+  for (int r = 0; r < std::max(reps, 1); ++r) g.push_back(probe.gbs(probe.seconds_once()));
+  return median(g);
+}
+
+// A read-only probe: every thread sums its slice of a float array (four accumulators, so
+// loads, not additions, set the pace). GB/s = bytes read / time. A sketch reads far more
+// than it writes, so this is the ceiling it can approach; printed for orientation.
+inline double read_bandwidth_gbs(const float* x, size_t n, int reps) {
+  volatile float sink = 0.0f;
+  auto once = [&] {
+    float total = 0.0f;
+#pragma omp parallel reduction(+ : total)
+    {
+      const int nt = omp_get_num_threads(), t = omp_get_thread_num();
+      const size_t lo = n * t / nt, hi = n * (t + 1) / nt;
+      float a[64] = {};
+      size_t i = lo;
+      for (; i + 64 <= hi; i += 64)
+#pragma omp simd
+        for (int j = 0; j < 64; ++j) a[j] += x[i + j];
+      for (; i < hi; ++i) a[0] += x[i];
+      for (int j = 0; j < 64; ++j) total += a[j];
+    }
+    sink = total;
+  };
+  const double sec = median_seconds(once, reps, 2);
+  (void)sink;
+  return static_cast<double>(n) * sizeof(float) / sec / 1e9;
 }
 
 // --flag and --name value arguments.

@@ -6,7 +6,9 @@
 // For each input sparsity (percent of exact zeros) and each k it prints the median time
 // and GB/s of: SJLT on dense float32 input, SJLT on the same data as CSR, GraSS
 // (masked_sjlt with k' = min(p, grass-factor * k) random columns) and FJLT; /copy is
-// the kernel's GB/s over the copy probe's, both counting bytes read + written:
+// the kernel's GB/s over the copy probe's (bench_common.h: each kernel run is paired with
+// a copy run just before it, and the median of the pairs' ratios is printed), both
+// counting bytes read + written:
 //   SJLT dense, FJLT: B*p*4 read + B*k*4 written
 //   SJLT CSR:         nnz*(4 + 8) + (B+1)*8 read + B*k*4 written
 //   GraSS:            B*k'*4 + k'*8 read + B*k*4 written (the bytes it needs; a gather of
@@ -104,13 +106,18 @@ int main(int argc, char** argv) {
   const double in_bytes = static_cast<double>(B) * p * 4;
   int failures = 0;
 
+  grass_bench::CopyProbe probe(static_cast<size_t>(in_bytes));
   for (long long sp : sparsity) {
     fill_input(x.data, B, p, sp / 100.0, 1234);
     const Csr csr = to_csr(x.data, B, p);
     const int64_t nnz = csr.indptr[B];
-    const double copy = grass_bench::copy_bandwidth_gbs(static_cast<size_t>(in_bytes), std::max(reps, 5));
-    std::printf("## sparsity %lld%% (nnz = %lld of %lld), copy probe %.1f GB/s (%.0f MiB read + written)\n\n",
-                sp, (long long)nnz, (long long)(B * p), copy, 2 * in_bytes / (1 << 20));
+    const double copy = grass_bench::copy_bandwidth_gbs(probe, std::max(reps, 5));
+    const double read = grass_bench::read_bandwidth_gbs(x.data, x.n, std::max(reps, 5));
+    std::printf("## sparsity %lld%% (nnz = %lld of %lld)\n\n", sp, (long long)nnz, (long long)(B * p));
+    std::printf("copy probe %.1f GB/s (memcpy of the %.1f MiB input, read + written), read probe %.1f GB/s; "
+                "/copy is the median over repetitions of kernel GB/s / copy GB/s, each kernel run paired with a "
+                "copy run just before it\n\n",
+                copy, in_bytes / (1 << 20), read);
     std::printf("| k | SJLT dense ms | GB/s | /copy | SJLT CSR ms | GB/s | /copy | GraSS k' | GraSS ms | GB/s |%s\n",
                 with_fjlt ? " FJLT ms | GB/s |" : "");
     std::printf("|---|---|---|---|---|---|---|---|---|---|%s\n", with_fjlt ? "---|---|" : "");
@@ -121,19 +128,21 @@ int main(int argc, char** argv) {
       params.seed = 7;
       const double out_bytes = static_cast<double>(B) * k * 4;
 
-      const double t_dense = median_seconds([&] { grass::sjlt_cpu(x.data, grass::DType::F32, B, p, y.data(), params); }, reps);
-      const double t_csr = median_seconds(
+      const auto dense = grass_bench::time_against_copy(
+          [&] { grass::sjlt_cpu(x.data, grass::DType::F32, B, p, y.data(), params); }, in_bytes + out_bytes, probe,
+          reps);
+      const double csr_bytes = nnz * 12.0 + (B + 1) * 8.0 + out_bytes;
+      const auto sparse = grass_bench::time_against_copy(
           [&] {
             grass::sjlt_csr_cpu(csr.indptr.data(), csr.indices.data(), csr.values.data(), grass::DType::F32, B, p,
                                 y_check.data(), params);
           },
-          reps);
+          csr_bytes, probe, reps);
       // Harness check: dense and CSR paths must agree bit for bit.
       if (!std::equal(y.begin(), y.begin() + B * k, y_check.begin())) {
         std::printf("ERROR: SJLT dense and CSR outputs differ at k = %lld\n", k);
         ++failures;
       }
-      const double csr_bytes = nnz * 12.0 + (B + 1) * 8.0 + out_bytes;
 
       const int64_t kp = std::min<int64_t>(p, grass_factor * k);
       std::vector<int64_t> idx(static_cast<size_t>(kp));
@@ -142,9 +151,9 @@ int main(int argc, char** argv) {
           [&] { grass::masked_sjlt_cpu(x.data, grass::DType::F32, B, p, idx.data(), kp, y.data(), params); }, reps);
       const double grass_bytes = static_cast<double>(B) * kp * 4 + kp * 8.0 + out_bytes;
 
-      std::printf("| %lld | %.3f | %.1f | %.2f | %.3f | %.1f | %.2f | %lld | %.3f | %.1f |", k, t_dense * 1e3,
-                  gbs(in_bytes + out_bytes, t_dense), gbs(in_bytes + out_bytes, t_dense) / copy, t_csr * 1e3,
-                  gbs(csr_bytes, t_csr), gbs(csr_bytes, t_csr) / copy, (long long)kp, t_grass * 1e3,
+      std::printf("| %lld | %.3f | %.1f | %.2f | %.3f | %.1f | %.2f | %lld | %.3f | %.1f |", k, dense.seconds * 1e3,
+                  gbs(in_bytes + out_bytes, dense.seconds), dense.ratio, sparse.seconds * 1e3,
+                  gbs(csr_bytes, sparse.seconds), sparse.ratio, (long long)kp, t_grass * 1e3,
                   gbs(grass_bytes, t_grass));
       if (with_fjlt) {
         if (k <= grass::fjlt_padded_size(p)) {

@@ -158,8 +158,11 @@ void sjlt_cpu(const void* x /* [B, p] */, DType dtype, int64_t B, int64_t p,
 #if defined(__AVX512F__)
           if constexpr (std::is_same<decltype(tag), F32Tag>::value) {
             if (rows == kLanes) {
-              for (; c0 + kLanes <= nh; c0 += kLanes)
-                sketch_tile16_f32(xs + b0 * p + j0 + c0, p, scale, acc.data, bucket.data + c0, sign.data + c0, s, nh);
+              c0 = nh / kLanes * kLanes;
+              if (s == 1)
+                sketch_tiles_f32<true>(xs + b0 * p + j0, p, c0, scale, acc.data, bucket.data, sign.data, s, nh);
+              else
+                sketch_tiles_f32<false>(xs + b0 * p + j0, p, c0, scale, acc.data, bucket.data, sign.data, s, nh);
             }
           }
 #endif

@@ -213,41 +213,60 @@ __attribute__((noinline)) void transpose_tile16(const typename Tag::storage* bas
   transpose16_store(r, xt);
 }
 
-// The fused float32 path for a full block: 16 columns of 16 rows at base (row stride ld)
-// are loaded, transposed and scatter-added into acc without passing through memory.
-// The transpose is done mostly by the loads: for column group L (columns 4L..4L+3),
-// w[g] gathers the 128-bit pieces of rows g, g+4, g+8, g+12 into its four lanes (one
-// load and three masked broadcasts); a 4 x 4 transpose inside each lane (8 shuffles per
-// group, 32 per tile instead of 64) then leaves column 4L+m of all 16 rows in one vector.
-__attribute__((noinline)) inline void sketch_tile16_f32(const float* base, int64_t ld, float scale, float* acc,
-                                                        const uint32_t* bucket, const float* sign, int64_t s,
-                                                        int64_t code_ld) {
+// The fused float32 path for a full block: columns [0, n) (n a multiple of 16) of 16 rows
+// at base (row stride ld) are loaded, transposed and scatter-added into acc without
+// passing through memory. The transpose is done mostly by the loads: for column group L
+// (columns 4L..4L+3 of a 16-column step), w[g] gathers the 128-bit pieces of rows g,
+// g+4, g+8, g+12 into its four lanes (one load and three masked broadcasts); a 4 x 4
+// transpose inside each lane (8 shuffles per group, 32 per 16 x 16 tile instead of 64)
+// then leaves column 4L+m of all 16 rows in one vector. Rows are prefetched
+// kPrefetchBytes ahead. Specialised for s = 1 and for scale = 1 (also s = 1).
+template <bool kSingle>
+__attribute__((noinline)) void sketch_tiles_f32(const float* base, int64_t ld, int64_t n, float scale, float* acc,
+                                                const uint32_t* bucket, const float* sign, int64_t s,
+                                                int64_t code_ld) {
   constexpr int64_t ahead = kPrefetchBytes / 4;
-  for (int i = 0; i < 16; ++i) _mm_prefetch(reinterpret_cast<const char*>(base + i * ld + ahead), _MM_HINT_T0);
   const __m512 vs = _mm512_set1_ps(scale);
-  for (int L = 0; L < 4; ++L) {
-    __m512 w[4];
+  const float* rows[4] = {base, base + ld, base + 2 * ld, base + 3 * ld};
+  const int64_t l4 = 4 * ld, l8 = 8 * ld, l12 = 12 * ld;
+  for (int64_t c0 = 0; c0 < n; c0 += kLanes) {
     for (int g = 0; g < 4; ++g) {
-      const float* r0 = base + g * ld + 4 * L;
-      __m512 v = _mm512_castps128_ps512(_mm_loadu_ps(r0));
-      v = _mm512_mask_broadcast_f32x4(v, 0x00F0, _mm_loadu_ps(r0 + 4 * ld));
-      v = _mm512_mask_broadcast_f32x4(v, 0x0F00, _mm_loadu_ps(r0 + 8 * ld));
-      v = _mm512_mask_broadcast_f32x4(v, 0xF000, _mm_loadu_ps(r0 + 12 * ld));
-      w[g] = scale != 1.0f ? _mm512_mul_ps(v, vs) : v;
+      const char* r = reinterpret_cast<const char*>(rows[g] + c0 + ahead);
+      _mm_prefetch(r, _MM_HINT_T0);
+      _mm_prefetch(r + 4 * l4, _MM_HINT_T0);
+      _mm_prefetch(r + 4 * l8, _MM_HINT_T0);
+      _mm_prefetch(r + 4 * l12, _MM_HINT_T0);
     }
-    const __m512d t0 = _mm512_castps_pd(_mm512_maskz_unpacklo_ps(kAll16, w[0], w[1]));
-    const __m512d t1 = _mm512_castps_pd(_mm512_maskz_unpackhi_ps(kAll16, w[0], w[1]));
-    const __m512d t2 = _mm512_castps_pd(_mm512_maskz_unpacklo_ps(kAll16, w[2], w[3]));
-    const __m512d t3 = _mm512_castps_pd(_mm512_maskz_unpackhi_ps(kAll16, w[2], w[3]));
-    const __m512 col[4] = {_mm512_castpd_ps(_mm512_maskz_unpacklo_pd(kAll8, t0, t2)),
-                           _mm512_castpd_ps(_mm512_maskz_unpackhi_pd(kAll8, t0, t2)),
-                           _mm512_castpd_ps(_mm512_maskz_unpacklo_pd(kAll8, t1, t3)),
-                           _mm512_castpd_ps(_mm512_maskz_unpackhi_pd(kAll8, t1, t3))};
-    for (int m = 0; m < 4; ++m) {
-      const int64_t c = 4 * L + m;
-      for (int64_t r = 0; r < s; ++r) {
-        float* line = acc + static_cast<int64_t>(bucket[r * code_ld + c]) * kLanes;
-        _mm512_store_ps(line, _mm512_fmadd_ps(col[m], _mm512_set1_ps(sign[r * code_ld + c]), _mm512_load_ps(line)));
+    for (int L = 0; L < 4; ++L) {
+      __m512 w[4];
+      for (int g = 0; g < 4; ++g) {
+        const float* r0 = rows[g] + c0 + 4 * L;
+        __m512 v = _mm512_castps128_ps512(_mm_loadu_ps(r0));
+        v = _mm512_mask_broadcast_f32x4(v, 0x00F0, _mm_loadu_ps(r0 + l4));
+        v = _mm512_mask_broadcast_f32x4(v, 0x0F00, _mm_loadu_ps(r0 + l8));
+        v = _mm512_mask_broadcast_f32x4(v, 0xF000, _mm_loadu_ps(r0 + l12));
+        w[g] = kSingle ? v : _mm512_mul_ps(v, vs);  // s = 1 means scale = 1
+      }
+      const __m512d t0 = _mm512_castps_pd(_mm512_maskz_unpacklo_ps(kAll16, w[0], w[1]));
+      const __m512d t1 = _mm512_castps_pd(_mm512_maskz_unpackhi_ps(kAll16, w[0], w[1]));
+      const __m512d t2 = _mm512_castps_pd(_mm512_maskz_unpacklo_ps(kAll16, w[2], w[3]));
+      const __m512d t3 = _mm512_castps_pd(_mm512_maskz_unpackhi_ps(kAll16, w[2], w[3]));
+      const __m512 col[4] = {_mm512_castpd_ps(_mm512_maskz_unpacklo_pd(kAll8, t0, t2)),
+                             _mm512_castpd_ps(_mm512_maskz_unpackhi_pd(kAll8, t0, t2)),
+                             _mm512_castpd_ps(_mm512_maskz_unpacklo_pd(kAll8, t1, t3)),
+                             _mm512_castpd_ps(_mm512_maskz_unpackhi_pd(kAll8, t1, t3))};
+      for (int m = 0; m < 4; ++m) {
+        const int64_t c = c0 + 4 * L + m;
+        if (kSingle) {
+          float* line = acc + static_cast<int64_t>(bucket[c]) * kLanes;
+          _mm512_store_ps(line, _mm512_fmadd_ps(col[m], _mm512_set1_ps(sign[c]), _mm512_load_ps(line)));
+        } else {
+          for (int64_t r = 0; r < s; ++r) {
+            float* line = acc + static_cast<int64_t>(bucket[r * code_ld + c]) * kLanes;
+            _mm512_store_ps(line,
+                            _mm512_fmadd_ps(col[m], _mm512_set1_ps(sign[r * code_ld + c]), _mm512_load_ps(line)));
+          }
+        }
       }
     }
   }
