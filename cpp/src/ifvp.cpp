@@ -6,8 +6,9 @@
 //   outer-product kernel, then adds the tile (and its mirror) into F.
 // cholesky_factor_cpu: right-looking blocked Cholesky per block with panels of kPanel
 //   columns: factor the diagonal block, solve the rows below it, update the trailing
-//   matrix with the same outer-product kernel (parallel over tiles). Small blocks are
-//   factored one per thread; large ones one at a time with the threads inside.
+//   matrix with the same outer-product kernel (parallel over tiles). Blocks that carry
+//   a large share of the work are factored one at a time with the threads inside; the
+//   others one per thread.
 // cholesky_solve_cpu: per (block, group of kRhs right-hand sides): forward substitution
 //   in dot form (row i of L against the solved prefix), backward in axpy form (row i of
 //   L is column i of L^T), both reusing each row of L across the group.
@@ -15,6 +16,8 @@
 // Determinism: every output element is computed by one thread in a fixed order that
 // does not depend on the thread count.
 #include "grass/ifvp.h"
+
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -30,7 +33,7 @@ constexpr int64_t kTile = 128;     // SYRK tile edge (entries of F)
 constexpr int64_t kChunk = 256;    // rows of G per packed chunk
 constexpr int64_t kPanel = 64;     // Cholesky panel width
 constexpr int64_t kRhs = 32;       // right-hand sides solved together (the vector lanes)
-constexpr int64_t kSmallBlock = 256;  // blocks up to this size are factored one per thread
+constexpr int64_t kSmallBlock = 256;  // blocks up to this size are always factored by one thread
 constexpr int MR = 8, NR = 16;     // register block of the outer-product kernel
 
 // C[q, j] += alpha * sum_{m < kc} A[m * lda + q] * Bm[m * ldb + j] for q < h, j < w.
@@ -351,16 +354,27 @@ void cholesky_factor_cpu(double* F /* packed */, const int64_t* block_sizes, int
   }
   std::vector<int64_t> bad_pivot(static_cast<size_t>(num_blocks), -1);
   std::vector<double> bad_value(static_cast<size_t>(num_blocks), 0.0);
-  // Small blocks: one per thread. Large blocks: one at a time, threads inside.
-  std::vector<int64_t> small, large;
-  for (int64_t l = 0; l < num_blocks; ++l) (block_sizes[l] <= kSmallBlock ? small : large).push_back(l);
-  const int64_t num_small = static_cast<int64_t>(small.size());
+  // A block whose work (n^3) is a large share of the total is factored with all threads
+  // inside it, one such block at a time; the others are factored one per thread, the
+  // largest first (dynamic schedule). Which thread factors a block does not change its
+  // arithmetic, so the result does not depend on this split.
+  const int threads = omp_get_max_threads();
+  double total_work = 0;
+  for (int64_t l = 0; l < num_blocks; ++l) total_work += std::pow(static_cast<double>(block_sizes[l]), 3);
+  std::vector<int64_t> shared, big;
+  for (int64_t l = 0; l < num_blocks; ++l) {
+    const double work = std::pow(static_cast<double>(block_sizes[l]), 3);
+    const bool alone = block_sizes[l] > kSmallBlock && (threads == 1 || work * 2 * threads >= total_work);
+    (alone ? big : shared).push_back(l);
+  }
+  std::sort(shared.begin(), shared.end(), [&](int64_t a, int64_t b) { return block_sizes[a] > block_sizes[b]; });
+  const int64_t num_shared = static_cast<int64_t>(shared.size());
 #pragma omp parallel for schedule(dynamic, 1)
-  for (int64_t t = 0; t < num_small; ++t) {
-    const int64_t l = small[t];
+  for (int64_t t = 0; t < num_shared; ++t) {
+    const int64_t l = shared[t];
     bad_pivot[l] = factor_block(F + lay.packed[l], block_sizes[l], false, &bad_value[l]);
   }
-  for (int64_t l : large) bad_pivot[l] = factor_block(F + lay.packed[l], block_sizes[l], true, &bad_value[l]);
+  for (int64_t l : big) bad_pivot[l] = factor_block(F + lay.packed[l], block_sizes[l], true, &bad_value[l]);
 
   int64_t failed = -1;
   for (int64_t l = 0; l < num_blocks && failed < 0; ++l)

@@ -256,8 +256,7 @@ void sjlt_transpose_cpu(const float* y /* [B, k] */, int64_t B, int64_t p, float
     for (int64_t t = 0; t < tiles; ++t) {
       const int64_t j0 = t * tile;
       const int64_t nc = std::min(tile, p - j0);
-      for (int64_t c = 0; c < nc; ++c)
-        for (int64_t r = 0; r < s; ++r) codes[c * s + r] = packed_code(hash, j0 + c, r);
+      detail::hash_packed(hash, j0, nc, codes.data());
       for (int64_t b = 0; b < B; ++b) {
         const float* yb = y + b * k;
         float* xb = x + b * p + j0;
