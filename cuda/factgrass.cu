@@ -217,6 +217,9 @@ void launch_factgrass(const void* a, const void* g, const FactArgs& f, int64_t B
     auto k_shared = factgrass_kernel<Tag, kDet, false>;
     auto k_global = factgrass_kernel<Tag, kDet, true>;
     const size_t fixed = gpu::static_smem(k_shared, func) + (kDet ? kDetExtraBytes : 0);
+    GRASS_CHECK(fixed <= dev.smem_block_optin,
+                "the deterministic mode needs %zu bytes of shared memory per block, the device "
+                "offers %zu", fixed, dev.smem_block_optin);
     gpu::RowsPlan plan = gpu::plan_rows(dev, kThreads, B, f.n_tiles * kTileEntries, sa.k, kDet,
                                         kTileEntries, 0, fixed, kRowsMax);
     plan.dyn_smem += kDet ? kDetExtraBytes : 0;

@@ -158,7 +158,8 @@ void launch_csr(const int64_t* indptr, const int64_t* indices, const void* value
 constexpr int kTransposeThreads = 256;
 constexpr int kTransposeRows = 8;  // rows per thread: one column's codes serve 8 rows
 
-// x[b, j] = sum_r sign(j, r) / sqrt(s) * y[b, bucket(j, r)]; thread per (column, 8 rows).
+// x[b, j] = (sum_r sign(j, r) * y[b, bucket(j, r)]) / sqrt(s); thread per (column, 8 rows).
+// The same additions in the same order as sjlt_transpose_cpu, so the results are equal.
 __global__ void __launch_bounds__(kTransposeThreads)
     sjlt_transpose_kernel(const float* __restrict__ y, int64_t p, float* __restrict__ x,
                           gpu::SketchArgs a) {
@@ -177,12 +178,16 @@ __global__ void __launch_bounds__(kTransposeThreads)
         const uint32_t code = gpu::sjlt_code(a.key, j, a.s, rep, gpu::replica_block(k, a.s, rep));
         const float* col = y + b0 * k + (code & kBucketMask);
 #pragma unroll
-        for (int r = 0; r < kTransposeRows; ++r)
-          if (r < rows) acc[r] += gpu::signed_value(__ldg(col + r * k), a.scale, code);
+        for (int r = 0; r < kTransposeRows; ++r) {
+          if (r < rows) {
+            const float v = __ldg(col + r * k);
+            acc[r] += (code & kNegBit) ? -v : v;
+          }
+        }
       }
 #pragma unroll
       for (int r = 0; r < kTransposeRows; ++r)
-        if (r < rows) x[(b0 + r) * p + j] = acc[r];
+        if (r < rows) x[(b0 + r) * p + j] = acc[r] * a.scale;  // scaled once, as on the CPU
     }
   }
 }

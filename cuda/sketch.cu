@@ -19,6 +19,8 @@ RowsPlan plan_rows(const DeviceLimits& dev, int threads, int64_t B, int64_t n_en
     R = static_cast<int>(std::min<size_t>(fit, static_cast<size_t>(max_rows)));
   } else {
     plan.global_acc = true;  // k floats do not fit: y rows are the accumulators (zeroed first)
+    if (per_row_extra > 0)
+      R = static_cast<int>(std::min<size_t>(static_cast<size_t>(R), std::max<size_t>(1, budget / per_row_extra)));
   }
   if (deterministic) {
     // Rows are the only parallelism: aim for at least one block per SM.
