@@ -21,8 +21,10 @@ void fisher_accumulate_cpu(const void* G /* [N, K] */, DType dtype, int64_t N, i
                            const int64_t* block_sizes, int64_t num_blocks, double* F /* packed */);
 
 // In place: F_l + damping[l] * I = L_l L_l^T; the lower triangle of each block then
-// holds L_l and the strict upper triangle is zeroed. Throws naming the block if one is
-// not positive definite (raise damping).
+// holds L_l and the strict upper triangle is zeroed. Only the lower triangle of F is read
+// (F is symmetric, as fisher_accumulate_cpu leaves it). damping[l] must be finite and
+// >= 0. Throws naming the block and the pivot if one is not positive definite (raise
+// damping); F is then left as it came (its lower triangle restored from the upper).
 void cholesky_factor_cpu(double* F /* packed */, const int64_t* block_sizes, int64_t num_blocks,
                          const double* damping /* [L] */);
 

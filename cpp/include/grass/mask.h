@@ -8,7 +8,8 @@
 namespace grass {
 
 // k distinct indices of [0, p), sorted ascending, drawn uniformly from seed
-// (Floyd's algorithm on the kStreamMask stream: O(k log k) time, O(k) memory).
+// (Floyd's algorithm on the kStreamMask stream: O(k log k) time, O(k) memory; every
+// k-subset is equally likely and the result depends on (p, k, seed) only).
 // Throws unless 1 <= k <= p.
 void random_mask_indices(int64_t p, int64_t k, uint64_t seed, int64_t* out /* [k] */);
 

@@ -28,12 +28,17 @@ void sjlt_codes(int64_t column_begin, int64_t count, const SjltParams& params,
 
 // ---- CPU (OpenMP) ----
 
-// y[b] = S x[b] for each row b. x is float32, float16 or bfloat16.
+// y[b] = S x[b] for each row b. x is float32, float16 or bfloat16. Every output element
+// sums its terms in ascending column order in float32, so results are bitwise identical
+// across runs and thread counts, and equal to sjlt_csr_cpu on the same non-zeros (sorted
+// indices) and to float32 input holding the same values. Scratch: 64 * k bytes per thread.
 void sjlt_cpu(const void* x /* [B, p] */, DType dtype, int64_t B, int64_t p,
               float* y /* [B, k] */, const SjltParams& params);
 
 // The same for a CSR matrix; costs O(nnz * s). indptr[0] must be 0, indptr is
-// non-decreasing, every column index is in [0, p). Duplicate indices add up.
+// non-decreasing, every column index is in [0, p). Duplicate indices add up. indptr is
+// checked before anything is written; column indices are checked as they are read, and a
+// bad one throws after filling y with NaN (never a partial sum that looks like a result).
 void sjlt_csr_cpu(const int64_t* indptr /* [B + 1] */, const int64_t* indices /* [nnz] */,
                   const void* values /* [nnz] */, DType dtype, int64_t B, int64_t p,
                   float* y /* [B, k] */, const SjltParams& params);
