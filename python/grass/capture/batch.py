@@ -11,7 +11,7 @@ from typing import Any, List, Sequence
 import torch
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-__all__ = ["batch_size", "per_sample_dims", "take"]
+__all__ = ["batch_size", "per_sample_dims", "take", "to_device"]
 
 
 def batch_size(batch: Any) -> int:
@@ -41,3 +41,11 @@ def take(batch: Any, index: torch.Tensor) -> Any:
     dims = per_sample_dims(leaves, b)
     out = [x[index.to(x.device)] if d == 0 else x for x, d in zip(leaves, dims)]
     return tree_unflatten(out, spec)
+
+
+def to_device(batch: Any, device) -> Any:
+    """The batch with every tensor moved to ``device`` (None: unchanged)."""
+    if device is None:
+        return batch
+    leaves, spec = tree_flatten(batch)
+    return tree_unflatten([x.to(device) if isinstance(x, torch.Tensor) else x for x in leaves], spec)

@@ -1,0 +1,226 @@
+"""GradientCapture: per-sample gradients of a model's chosen layers, compressed per layer.
+
+Linear layers (``nn.Linear``, GPT-2 ``Conv1D``) go through factor hooks (``hooks.py``): one
+batched forward and one ``torch.autograd.grad`` with respect to the layer outputs; the
+compressor gets the factors (a, g). Every other layer goes through ``torch.func``
+(``functional.py``) and its compressor gets the flat per-sample gradient. See
+docs/capture.md.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from ..layers import LayerInfo
+from .batch import batch_size, take
+from .functional import per_sample_grads
+from .hooks import FactorRecorder
+from .select import discover_layers
+
+__all__ = ["GradientCapture", "BatchDependenceError"]
+
+
+class BatchDependenceError(ValueError):
+    """A sample's gradient depends on the other samples of its batch."""
+
+
+@contextlib.contextmanager
+def preserved_buffers(model: nn.Module):
+    """Restore, on exit, the buffers of modules in training mode (BatchNorm running
+    statistics and their counters), which a forward pass would otherwise update."""
+    saved = []
+    for m in model.modules():
+        if m.training:
+            for name, buf in m.named_buffers(recurse=False):
+                if buf is not None:
+                    saved.append((buf, buf.detach().clone()))
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buf, value in saved:
+                buf.copy_(value)
+
+
+def _check_losses(losses, B: int) -> torch.Tensor:
+    if not isinstance(losses, torch.Tensor):
+        raise TypeError(f"loss_fn must return a tensor of per-sample losses [B], got {type(losses).__name__}")
+    if losses.dim() == 0:
+        raise ValueError("loss_fn returned a scalar; it must return per-sample losses of shape [B] "
+                         "(e.g. reduction='none'): a mean would scale every gradient by 1/B and a sum "
+                         "would mix samples")
+    if tuple(losses.shape) != (B,):
+        raise ValueError(f"loss_fn must return per-sample losses of shape [B] = [{B}], got "
+                         f"{list(losses.shape)}")
+    if not losses.requires_grad:
+        raise ValueError("loss_fn returned losses that do not require grad: no attributed "
+                         "parameter takes part in them (is the loss computed under torch.no_grad()?)")
+    return losses
+
+
+class GradientCapture:
+    """Per-sample gradients of ``loss_fn(model, batch) -> Tensor[B]`` for chosen layers.
+
+    layers: None (every nn.Linear / Conv1D; with include_flat=True also every other module
+    with trainable parameters), a list of module names, or a list of module types (see
+    ``grass.capture.discover_layers``). chunk_size: samples per ``torch.func.vmap`` chunk
+    for flat layers (None: the whole batch at once).
+
+    The model's parameters and buffers are left as they were, and ``param.grad`` is never
+    written. Put the model in eval mode: capture assumes each sample's gradient does not
+    depend on the rest of its batch (``check_batch_invariance`` tests it).
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: Callable, layers=None, include_flat: bool = False,
+                 *, chunk_size: Optional[int] = None):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if not callable(loss_fn):
+            raise TypeError(f"loss_fn must be callable as loss_fn(model, batch) -> Tensor[B], got {loss_fn!r}")
+        if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+            raise ValueError(f"chunk_size must be None or a positive int, got {chunk_size!r}")
+        self.model = model
+        self.loss_fn = loss_fn
+        self.chunk_size = chunk_size
+        self._entries: List[Tuple[LayerInfo, nn.Module]] = discover_layers(
+            model, layers, include_flat=include_flat)
+        self.layers: List[LayerInfo] = [info for info, _ in self._entries]
+
+    def __repr__(self) -> str:
+        kinds = ", ".join(f"{i.name}:{i.kind}" for i in self.layers)
+        return f"GradientCapture({type(self.model).__name__}, layers=[{kinds}])"
+
+    # ---- what users and the pipeline call --------------------------------------------------
+
+    def compressed(self, batch, compressors: Mapping, fn: Optional[Callable] = None) -> Dict[str, torch.Tensor]:
+        """{layer name: [B, k_l] float32} for one batch, in ``self.layers`` order.
+        compressors: {layer name: Compressor} (``spec.build(capture.layers)``)."""
+        self._check_compressors(compressors)
+        fn = fn or self.loss_fn
+        out: Dict[str, torch.Tensor] = {}
+        linear = [(i, m) for i, m in self._entries if i.kind == "linear"]
+        flat = [(i, m) for i, m in self._entries if i.kind == "flat"]
+        if linear:
+            factors = self._factors(batch, fn, linear)
+            for info, _ in linear:
+                a, g = factors.pop(info.name)
+                out[info.name] = compressors[info.name].compress_factors(a, g)
+        if flat:
+            grads = self._per_sample(batch, fn, flat)
+            for info, _ in flat:
+                out[info.name] = compressors[info.name].compress(grads.pop(info.name))
+        return {info.name: out[info.name] for info in self.layers}
+
+    def factors(self, batch, fn: Optional[Callable] = None,
+                layers: Optional[Iterable[str]] = None) -> Dict[str, Tuple[torch.Tensor, torch.Tensor]]:
+        """{linear layer name: (a [B, T, d_in], g [B, T, d_out])}: the captured factors."""
+        entries = [(i, m) for i, m in self._select(layers) if i.kind == "linear"]
+        return self._factors(batch, fn or self.loss_fn, entries) if entries else {}
+
+    def per_sample(self, batch, fn: Optional[Callable] = None,
+                   layers: Optional[Iterable[str]] = None) -> Dict[str, torch.Tensor]:
+        """{layer name: [B, numel_l]} explicit per-sample gradients (``torch.func``) in the grass
+        layout, for every layer (or the named ones). Memory: B * sum(numel_l) floats."""
+        return self._per_sample(batch, fn or self.loss_fn, self._select(layers))
+
+    def check_batch_invariance(self, batch, fn: Optional[Callable] = None, *, n_samples: int = 3,
+                               rtol: float = 1e-4) -> float:
+        """Compare, for the first ``n_samples`` samples, the gradient of loss_i computed inside
+        the batch with the gradient computed on the sample alone (plain autograd, attributed
+        parameters only). Raises BatchDependenceError naming the likely cause when they differ
+        by more than ``rtol`` (relative); returns the largest relative difference otherwise."""
+        fn = fn or self.loss_fn
+        B = batch_size(batch)
+        if B < 2:
+            raise ValueError("check_batch_invariance needs a batch of at least 2 samples")
+        params = [self.model.get_parameter(n) for info in self.layers for n in info.param_names]
+        n = min(int(n_samples), B)
+
+        def flat_grad(loss, retain):
+            gs = torch.autograd.grad(loss, params, retain_graph=retain, allow_unused=True)
+            return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1).detach()
+                              for g, p in zip(gs, params)])
+
+        worst, worst_ratio = 0.0, 1.0
+        with preserved_buffers(self.model):
+            losses = _check_losses(fn(self.model, batch), B)
+            in_batch = [flat_grad(losses[i], retain=True) for i in range(n)]
+            del losses
+            for i in range(n):
+                try:
+                    alone = flat_grad(_check_losses(fn(self.model, take(batch, torch.tensor([i]))), 1)[0],
+                                      retain=False)
+                except (ValueError, RuntimeError) as e:
+                    if isinstance(e, BatchDependenceError):
+                        raise
+                    raise BatchDependenceError(
+                        f"the model cannot run on a single sample ({type(e).__name__}: {e}); per-sample "
+                        f"gradients need a batch-invariant model.{self._suspects_hint()}") from e
+                scale = max(float(alone.norm()), float(in_batch[i].norm()), torch.finfo(torch.float32).tiny)
+                err = float((in_batch[i] - alone).norm()) / scale
+                if err > worst:
+                    worst = err
+                    worst_ratio = float(in_batch[i].norm()) / max(float(alone.norm()), 1e-300)
+        if worst > rtol:
+            hint = self._suspects_hint()
+            if not hint and abs(worst_ratio * B - 1) < 0.05:
+                hint = (f" The gradient inside the batch is 1/B = 1/{B} of the gradient alone: the "
+                        "loss seems to be divided by the batch size; return unreduced per-sample losses.")
+            if not hint:
+                hint = (" No BatchNorm or Dropout in training mode was found: look for a loss or a "
+                        "module that mixes samples (batch statistics, a mean over the batch).")
+            raise BatchDependenceError(
+                f"per-sample gradients depend on the batch: for one of the first {n} samples the "
+                f"gradient computed in the batch differs from the gradient computed alone by "
+                f"{worst:.2e} (relative; tolerance {rtol:g}).{hint}")
+        return worst
+
+    # ---- internals -------------------------------------------------------------------------
+
+    def _select(self, layers):
+        if layers is None:
+            return list(self._entries)
+        wanted = list(layers)
+        known = {i.name for i in self.layers}
+        unknown = [n for n in wanted if n not in known]
+        if unknown:
+            raise ValueError(f"layers {unknown} are not captured; captured layers: {sorted(known)}")
+        wanted = set(wanted)
+        return [(i, m) for i, m in self._entries if i.name in wanted]
+
+    def _check_compressors(self, compressors) -> None:
+        if not isinstance(compressors, Mapping):
+            raise TypeError("compressors must be a dict {layer name: Compressor} "
+                            f"(spec.build(capture.layers)), got {type(compressors).__name__}")
+        missing = [i.name for i in self.layers if i.name not in compressors]
+        if missing:
+            raise ValueError(f"no compressor for layers {missing}; build them with "
+                             "spec.build(capture.layers)")
+        for info in self.layers:
+            c = compressors[info.name]
+            cinfo = getattr(c, "info", None)
+            if cinfo is None or cinfo.numel != info.numel or cinfo.kind != info.kind:
+                raise ValueError(f"the compressor for layer {info.name!r} was built for another layer "
+                                 f"({cinfo}); expected {info}")
+
+    def _factors(self, batch, fn, entries):
+        B = batch_size(batch)
+        with preserved_buffers(self.model), FactorRecorder(entries) as rec:
+            losses = _check_losses(fn(self.model, batch), B)
+            return rec.factors(losses.sum(), B)
+
+    def _per_sample(self, batch, fn, entries):
+        with preserved_buffers(self.model):
+            return per_sample_grads(self.model, fn, batch, entries, chunk_size=self.chunk_size)
+
+    def _suspects_hint(self) -> str:
+        found = [f"{n!r} ({type(m).__name__})" for n, m in self.model.named_modules()
+                 if m.training and isinstance(m, (nn.modules.batchnorm._BatchNorm,
+                                                  nn.modules.dropout._DropoutNd))]
+        if not found:
+            return ""
+        return (f" Likely cause: modules in training mode: {', '.join(found)}. Call model.eval() "
+                "before capturing gradients.")

@@ -1,0 +1,151 @@
+"""GraSS: mask to k' coordinates, then SJLT to k (``grass.ops.masked_sjlt``, one fused
+pass). O(k') per sample instead of O(p). With a random mask the result is scaled by
+sqrt(p/k'), so inner products stay unbiased; with a learned (selective) mask it is not.
+On a linear layer the k' kept coordinates are gathered straight from the factors.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .. import ops
+from ..layers import LayerInfo
+from .base import Compressor, CompressorSpec
+from .mask import FlatMask, fit_data_flat, gather_factors, _expect_keys
+from .selective import MaskFit, learn_flat_mask
+from .sketch import _check_s
+
+__all__ = ["GraSS", "GraSSCompressor", "DEFAULT_MASK_FACTOR", "mask_size"]
+
+# k' = DEFAULT_MASK_FACTOR * k unless given: a mask a few times wider than the sketch keeps
+# most of what the SJLT can carry while still skipping most coordinates (docs/compress.md).
+DEFAULT_MASK_FACTOR = 4
+
+_MASKS = ("random", "selective")
+
+
+def mask_size(k: int, k_mask: Optional[int], mask_factor: float) -> int:
+    return int(k_mask) if k_mask is not None else max(int(k), int(round(mask_factor * k)))
+
+
+def check_mask_kind(mask) -> str:
+    if mask not in _MASKS:
+        raise ValueError(f"mask must be one of {_MASKS}, got {mask!r}")
+    return mask
+
+
+class GraSSCompressor(Compressor):
+    """y = scale * S (x[idx]); S an SJLT [k, k'] with this layer's seed."""
+
+    method = "grass"
+
+    def __init__(self, info: LayerInfo, k: int, seed: int, *, k_mask: int, s: int = 1,
+                 learned: bool = False, indices: Optional[torch.Tensor] = None,
+                 fit: Optional[MaskFit] = None, deterministic: bool = False):
+        super().__init__(info, k, seed)
+        self.s = _check_s(s)
+        if self.s > self.k:
+            raise ValueError(f"layer {info.name!r}: s must be <= k, got s={s}, k={k}")
+        if int(k_mask) < 1:
+            raise ValueError(f"layer {info.name!r}: k_mask must be >= 1, got {k_mask}")
+        self.mask = FlatMask(info.numel, k_mask, seed, learned or indices is not None)
+        if indices is not None:  # a given mask (e.g. learned elsewhere), kept unscaled
+            self.mask.set(indices)
+        self.fit_options = MaskFit.coerce(fit)
+        self.fit_report: Optional[dict] = None
+        self.deterministic = bool(deterministic)
+
+    @property
+    def needs_fit(self) -> bool:
+        return not self.mask.fitted
+
+    @property
+    def k_mask(self) -> int:
+        return self.mask.k
+
+    def _options(self) -> dict:
+        opts = {"k_mask": self.mask.k, "s": self.s, "mask": "selective" if self.mask.learned else "random"}
+        if self.mask.learned:
+            opts["fit"] = self.fit_options.to_dict()
+        return opts
+
+    def _scaled(self, y):
+        return y.mul_(self.mask.scale) if self.mask.scale != 1.0 else y
+
+    def _compress(self, grad):
+        if self.mask.k >= self.mask.p:  # nothing masked: a plain SJLT
+            y = ops.sjlt(grad, self.k, s=self.s, seed=self.seed, deterministic=self.deterministic)
+        else:
+            idx = self._cached("idx", grad.device, lambda: self.mask.indices)
+            y = ops.masked_sjlt(grad, idx, self.k, s=self.s, seed=self.seed,
+                                deterministic=self.deterministic)
+        return self._scaled(y)
+
+    def _compress_factors(self, a, g):
+        idx = self._cached("idx", a.device, lambda: self.mask.indices)
+        z = gather_factors(a, g, idx, self.info.bias)
+        return self._scaled(ops.sjlt(z, self.k, s=self.s, seed=self.seed,
+                                     deterministic=self.deterministic))
+
+    def fit(self, train, test=None, *, seed: Optional[int] = None) -> dict:
+        if not self.mask.learned or self.mask.k >= self.mask.p:
+            raise ValueError(f"layer {self.info.name!r}: this GraSS mask is not learned")
+        idx, report = learn_flat_mask(fit_data_flat(self.info, train), fit_data_flat(self.info, test),
+                                      self.mask.k, fit=self.fit_options, seed=self._fit_seed(seed))
+        self.mask.set(idx)
+        self._forget_cache()
+        self.fit_report = report
+        return report
+
+    def state_dict(self) -> dict:
+        return {"indices": self.mask.indices.clone()} if self.mask.learned and self.mask.fitted else {}
+
+    def load_state_dict(self, state) -> None:
+        if not self.mask.learned:
+            return super().load_state_dict(state)
+        _expect_keys(self, state, {"indices"})
+        self.mask.set(state["indices"])
+        self._forget_cache()
+
+
+class GraSS(CompressorSpec):
+    """Mask each layer's gradient to k' coordinates, then SJLT to k.
+
+    k_mask: k' (int or {layer: int}); default ``mask_factor * k`` (mask_factor default 4).
+    s: SJLT non-zeros per column. mask: "random" (seeded, scaled sqrt(p/k')) or
+    "selective" (learned, see SelectiveMask; needs ``fit``). fit: MaskFit options.
+    """
+
+    method = "grass"
+    _per_layer_options = ("k", "k_mask")
+
+    def __init__(self, k, *, seed: int = 0, k_mask=None, mask_factor: float = DEFAULT_MASK_FACTOR,
+                 s: int = 1, mask: str = "random", fit=None, deterministic: bool = False):
+        from .base import _check_k
+        if not mask_factor >= 1:
+            raise ValueError(f"mask_factor must be >= 1 (k' >= k), got {mask_factor!r}")
+        opts = dict(k_mask=_check_k(k_mask, "k_mask") if k_mask is not None else None,
+                    mask_factor=float(mask_factor), s=_check_s(s), mask=check_mask_kind(mask))
+        if mask == "selective":
+            opts["fit"] = MaskFit.coerce(fit).to_dict()
+        elif fit is not None:
+            raise ValueError("fit options apply to mask='selective' only")
+        super().__init__(k, seed=seed, **opts)
+        self.deterministic = bool(deterministic)
+
+    @property
+    def needs_fit(self) -> bool:
+        return self.options["mask"] == "selective"
+
+    def _build_one(self, info: LayerInfo, seed: int) -> Compressor:
+        k = self._k_for(info)
+        whole = self._whole(info, k)
+        if whole is not None:
+            return whole
+        k_mask = self.options["k_mask"]
+        k_mask = mask_size(k, None if k_mask is None else self._layer_value(k_mask, info, "k_mask"),
+                           self.options["mask_factor"])
+        return GraSSCompressor(info, k, seed, k_mask=min(k_mask, info.numel),
+                               s=min(self.options["s"], k), learned=self.options["mask"] == "selective",
+                               fit=self.options.get("fit"), deterministic=self.deterministic)
