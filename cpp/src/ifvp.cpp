@@ -121,7 +121,11 @@ void load_panel(const void* G, DType dtype, int64_t K, int64_t r0, int64_t nr, i
 // success, else the first pivot that is not positive (A is then partly overwritten).
 // `parallel` lets the row solves and the trailing updates use the threads.
 int64_t factor_block(double* A, int64_t n, bool parallel, double* pivot_value) {
-  std::vector<double> panel_t;  // the panel below the diagonal block, transposed [kb, nt]
+  // The panel below the diagonal block, transposed tile by tile: rows i of tile
+  // I = i / kTile at pt[(I * kb + c) * kTile + i % kTile], so that the outer-product
+  // kernel walks it with a stride of kTile doubles (a stride of nt, a multiple of 4 KiB
+  // for n a multiple of 512, would map every step to the same L1 set).
+  std::vector<double> panel_t;
   for (int64_t k0 = 0; k0 < n; k0 += kPanel) {
     const int64_t kb = std::min(kPanel, n - k0);
     // 1. The diagonal block, left-looking (its trailing updates from earlier panels are in).
@@ -145,7 +149,8 @@ int64_t factor_block(double* A, int64_t n, bool parallel, double* pivot_value) {
     const int64_t r0 = k0 + kb, nt = n - r0;
     if (nt == 0) break;
     // 2. Rows below: L[i, panel] = A[i, panel] L_kk^{-T}, each row independently.
-    panel_t.resize(static_cast<size_t>(kb * nt));
+    const int64_t tiles = (nt + kTile - 1) / kTile;
+    panel_t.resize(static_cast<size_t>(tiles * kb * kTile));
     double* pt = panel_t.data();
 #pragma omp parallel for schedule(static) if (parallel)
     for (int64_t i = 0; i < nt; ++i) {
@@ -155,11 +160,10 @@ int64_t factor_block(double* A, int64_t n, bool parallel, double* pivot_value) {
         double v = ri[c];
         for (int64_t m = 0; m < c; ++m) v -= ri[m] * rc[m];
         ri[c] = v / rc[c];
-        pt[c * nt + i] = ri[c];
+        pt[((i / kTile) * kb + c) * kTile + i % kTile] = ri[c];
       }
     }
     // 3. Trailing update, lower tiles: A[I, J] -= P_I P_J^T.
-    const int64_t tiles = (nt + kTile - 1) / kTile;
     const int64_t pairs = tiles * (tiles + 1) / 2;
 #pragma omp parallel for schedule(dynamic, 1) if (parallel)
     for (int64_t t = 0; t < pairs; ++t) {
@@ -169,7 +173,8 @@ int64_t factor_block(double* A, int64_t n, bool parallel, double* pivot_value) {
       const int64_t J = t - I * (I + 1) / 2;
       const int64_t i0 = I * kTile, j0 = J * kTile;
       const int64_t h = std::min(kTile, nt - i0), w = std::min(kTile, nt - j0);
-      panel_product(pt + i0, nt, pt + j0, nt, kb, h, w, A + (r0 + i0) * n + r0 + j0, n, -1.0);
+      panel_product(pt + I * kb * kTile, kTile, pt + J * kb * kTile, kTile, kb, h, w, A + (r0 + i0) * n + r0 + j0, n,
+                    -1.0);
     }
   }
   return -1;
