@@ -172,6 +172,11 @@ class Attributor:
     def _needs_fit(self) -> List[str]:
         return [n for n, c in self.compressors.items() if getattr(c, "needs_fit", False)]
 
+    @property
+    def needs_fit(self) -> bool:
+        """True while some compressor must be learned (`fit_masks`) before caching."""
+        return bool(self._needs_fit())
+
     def _compressor_state(self) -> Dict[str, Any]:
         return {n: c.state_dict() for n, c in self.compressors.items()}
 
@@ -186,21 +191,20 @@ class Attributor:
             self.compressors[name].load_state_dict(state)
 
     def fit_masks(self, train_loader, test_loader=None, **options) -> "Attributor":
-        """Learn the compressors that need it (``SelectiveMask`` and its relatives) on a
-        sample of per-sample gradients, then save their state in the run directory so a
-        later Attributor over the same run loads it. ``options`` go to the compressor
-        spec's ``fit``."""
+        """Learn the compressors that need it (``SelectiveMask``) on a sample of per-sample
+        gradients (training losses, and test targets when ``test_loader`` is given; use
+        examples you will not evaluate on), then save what they learned in the run
+        directory, where a later Attributor over the same run finds it. ``options`` go to
+        ``grass.compress.fit_compressors`` (``max_train``, ``max_test``, ``refit``)."""
         pending = self._needs_fit()
         if not pending:
             warnings.warn("no compressor of this run needs fitting; fit_masks does nothing",
                           stacklevel=2)
             return self
-        fit = getattr(self.spec, "fit", None)
-        if fit is None:
-            raise TypeError(f"{type(self.spec).__name__} has compressors that need fitting but no "
-                            "fit(...) method")
-        fit(self.compressors, self.capture, train_loader, test_loader, device=self.device,
-            seed=self.seed, **options)
+        from .compress import fit_compressors
+        fit_compressors(self.compressors, self.capture, train_loader, test_loader,
+                        test_fn=self.target_fn, device=self.device, seed=self.seed,
+                        progress=self.progress, **options)
         still = self._needs_fit()
         if still:
             raise RuntimeError(f"fitting left compressors of layers {still} unfitted")

@@ -58,7 +58,7 @@ def _committed(store_dir):
         return 0
 
 
-@pytest.mark.parametrize("spec", ["Gaussian(k=32, seed=5)"])
+@pytest.mark.parametrize("spec", ["Gaussian(k=32, seed=5)", "FactGraSS(k=32, seed=5)"])
 def test_killed_caching_run_resumes_bitwise(tmp_path, spec):
     ref = tmp_path / "ref"
     assert _child(ref, 0.0, spec).wait(timeout=600) == 0
