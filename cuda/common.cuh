@@ -6,7 +6,10 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <map>
+#include <mutex>
 #include <string>
+#include <utility>
 
 #include "grass/check.h"
 #include "grass/dtype.h"
@@ -46,11 +49,16 @@ struct DeviceLimits {
   int max_threads_sm = 2048;
 };
 
-// Limits of the current device. A handful of attribute queries (microseconds); called
-// once per launch so that a multi-GPU process always sees the right device.
+// Limits of the current device, queried once per device and cached (a call costs a
+// lookup), so that a multi-GPU process always sees the right device.
 inline DeviceLimits device_limits(const char* func) {
   int dev = 0;
   check_cuda(cudaGetDevice(&dev), "cudaGetDevice", func);
+  static std::mutex mu;
+  static std::map<int, DeviceLimits> cache;
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = cache.find(dev);
+  if (it != cache.end()) return it->second;
   DeviceLimits d;
   int v = 0;
   check_cuda(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev), "device query", func);
@@ -67,26 +75,42 @@ inline DeviceLimits device_limits(const char* func) {
   check_cuda(cudaDeviceGetAttribute(&v, cudaDevAttrMaxThreadsPerMultiProcessor, dev),
              "device query", func);
   d.max_threads_sm = v > 0 ? v : 2048;
+  cache.emplace(dev, d);
   return d;
 }
 
-// Static shared memory of a kernel (CUB temp storage and fixed tiles live there).
+// Static shared memory of a kernel (CUB temp storage and fixed tiles live there); cached.
 template <typename Kernel>
 size_t static_smem(Kernel kernel, const char* func) {
+  static std::mutex mu;
+  static std::map<const void*, size_t> cache;
+  const void* key = reinterpret_cast<const void*>(kernel);
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = cache.find(key);
+  if (it != cache.end()) return it->second;
   cudaFuncAttributes attr{};
-  check_cuda(cudaFuncGetAttributes(&attr, reinterpret_cast<const void*>(kernel)),
-             "cudaFuncGetAttributes", func);
+  check_cuda(cudaFuncGetAttributes(&attr, key), "cudaFuncGetAttributes", func);
+  cache.emplace(key, attr.sharedSizeBytes);
   return attr.sharedSizeBytes;
 }
 
-// Dynamic shared memory above the default 48 KiB needs an explicit opt-in per kernel.
+// Dynamic shared memory above the default 48 KiB needs an explicit opt-in per kernel and
+// device; the largest value set so far is remembered, so the runtime is asked once.
 template <typename Kernel>
 void allow_dynamic_smem(Kernel kernel, size_t bytes, const char* func) {
-  if (bytes > 48 * 1024)
-    check_cuda(cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
-                                    cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    static_cast<int>(bytes)),
-               "cudaFuncSetAttribute(MaxDynamicSharedMemorySize)", func);
+  if (bytes <= 48 * 1024) return;
+  int dev = 0;
+  check_cuda(cudaGetDevice(&dev), "cudaGetDevice", func);
+  const void* key = reinterpret_cast<const void*>(kernel);
+  static std::mutex mu;
+  static std::map<std::pair<const void*, int>, size_t> done;
+  std::lock_guard<std::mutex> lock(mu);
+  size_t& have = done[{key, dev}];
+  if (have >= bytes) return;
+  check_cuda(cudaFuncSetAttribute(key, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  static_cast<int>(bytes)),
+             "cudaFuncSetAttribute(MaxDynamicSharedMemorySize)", func);
+  have = bytes;
 }
 
 // Blocks of `threads` threads using `smem` bytes (static + dynamic) that fit on one SM.
