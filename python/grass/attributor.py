@@ -259,18 +259,13 @@ class Attributor:
         return torch.cat([grads[info.name].float() for info in self.layers], dim=1)
 
     def _write_store(self, loader, sub: str, role: str, fn: Callable,
-                     num_examples: Optional[int], desc: str) -> GradientStore:
+                     num_examples: Optional[int], desc: str, check_batch: bool) -> GradientStore:
         pending = self._needs_fit()
         if pending:
             raise RuntimeError(f"the compressors of layers {pending} must be learned first: call "
                                "fit_masks(train_loader) before caching")
         _check_fixed_order(loader, "train" if role == "train" else "test")
         n = _num_examples(loader, num_examples)
-        if self.model.training and any(isinstance(m, (torch.nn.Dropout, torch.nn.modules.batchnorm._BatchNorm))
-                                       for m in self.model.modules()):
-            warnings.warn("the model is in training mode and has dropout or batch norm: gradients "
-                          "are then random or batch-dependent; call model.eval() first",
-                          stacklevel=3)
         batches = iter(loader)
         try:
             first = next(batches)
@@ -282,28 +277,35 @@ class Attributor:
                          layers=[i.name for i in self.layers],
                          meta={"grass_version": _version(), "torch_version": torch.__version__,
                                "device": str(self.device)}) as writer:
+            if check_batch and writer.written_rows < n and batch_size(first) >= 2:
+                # A sample's gradient must not depend on its batch (BatchNorm in train
+                # mode, a loss averaged over the batch): checked once, before caching.
+                self.capture.check_batch_invariance(self.to_device(first), fn)
             fill_store(writer, itertools.chain([first], batches), lambda b: self._compute(b, fn),
                        progress=self.progress, desc=desc)
         return GradientStore(self._path(sub))
 
-    def cache(self, train_loader, *, num_examples: Optional[int] = None) -> GradientStore:
+    def cache(self, train_loader, *, num_examples: Optional[int] = None,
+              check_batch: bool = True) -> GradientStore:
         """Compress and store the per-sample training-loss gradients, in loader order.
 
         Resumes an interrupted run (committed rows are kept, the rest computed); a store
         written by a different run (other weights, compressor, layers, dtype, loss, data
         size or first batch) raises `FingerprintMismatch`. The loader must not shuffle.
+        Before the first row is computed, ``check_batch`` verifies on the first batch that
+        per-sample gradients do not depend on the batch (raises ``BatchDependenceError``).
         """
         return self._write_store(train_loader, "train", "train", self.loss_fn, num_examples,
-                                 "caching train gradients")
+                                 "caching train gradients", check_batch)
 
     def cache_test(self, test_loader, name: str = "test", *,
-                   num_examples: Optional[int] = None) -> GradientStore:
+                   num_examples: Optional[int] = None, check_batch: bool = True) -> GradientStore:
         """Compress and store target gradients ∇f of test examples under ``test-<name>``;
         pass the returned store to `scores` / `top_k` to reuse them."""
         if not name or os.sep in name or name.startswith("."):
             raise ValueError(f"name must be a plain directory name, got {name!r}")
         return self._write_store(test_loader, f"test-{name}", f"test:{name}", self.target_fn,
-                                 num_examples, f"caching test gradients ({name})")
+                                 num_examples, f"caching test gradients ({name})", check_batch)
 
     def train_store(self) -> GradientStore:
         """The complete training store of this run (fingerprint-checked)."""

@@ -307,3 +307,15 @@ def test_selective_masks_are_fitted_saved_and_reloaded(tmp_path):
     other.run_dir = str(tmp_path / "run")
     with pytest.raises(FingerprintMismatch, match="compressor_state"):
         other.fit()
+
+
+def test_batch_dependent_models_are_refused_before_caching(tmp_path):
+    from grass.capture import BatchDependenceError
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.Linear(8, 3)).train()
+    train, _ = _loaders()
+    attr = Attributor(model, ce, compressor=grass.compress.Identity(), store=tmp_path / "run",
+                      progress=False)
+    with pytest.raises(BatchDependenceError, match="BatchNorm"):
+        attr.cache(train)
+    assert GradientStore(tmp_path / "run" / "train").committed_rows == 0
