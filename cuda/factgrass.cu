@@ -135,7 +135,7 @@ __global__ void __launch_bounds__(kThreads, kDet ? 1 : 3)
       // Fast mode: their replica-0 codes, hashed once for all samples, in the thread's own
       // shared-memory slots (registers are taken by the z tile).
       if constexpr (!kDet) {
-        const gpu::ReplicaBlock rb = gpu::replica_block(k, sa.s, 0);
+        const gpu::ReplicaBlock rb = gpu::replicas(sa).block();
 #pragma unroll
         for (int m = 0; m < 4; ++m)
 #pragma unroll
@@ -161,8 +161,10 @@ __global__ void __launch_bounds__(kThreads, kDet ? 1 : 3)
                 const uint32_t c = s_code[m * 4 + n][threadIdx.x];
                 atomicAdd(dst + (c & kBucketMask), gpu::signed_value(z[m][n], sa.scale, c));
               }
-          for (int64_t rep = 1; rep < sa.s; ++rep) {
-            const gpu::ReplicaBlock rb = gpu::replica_block(k, sa.s, rep);
+          gpu::ReplicaCursor cur = gpu::replicas(sa);
+          cur.advance();
+          for (int64_t rep = 1; rep < sa.s; ++rep, cur.advance()) {
+            const gpu::ReplicaBlock rb = cur.block();
 #pragma unroll
             for (int m = 0; m < 4; ++m)
 #pragma unroll
@@ -178,8 +180,9 @@ __global__ void __launch_bounds__(kThreads, kDet ? 1 : 3)
           for (int m = 0; m < 4; ++m)
 #pragma unroll
             for (int n = 0; n < 4; ++n) zt[(ty * 4 + m) * kTI + tx * 4 + n] = z[m][n];
-          for (int64_t rep = 0; rep < sa.s; ++rep) {
-            const gpu::ReplicaBlock rb = gpu::replica_block(k, sa.s, rep);
+          gpu::ReplicaCursor cur = gpu::replicas(sa);
+          for (int64_t rep = 0; rep < sa.s; ++rep, cur.advance()) {
+            const gpu::ReplicaBlock rb = cur.block();
             uint32_t bucket[kIPT], entry[kIPT];
 #pragma unroll
             for (int m = 0; m < 4; ++m)

@@ -72,8 +72,9 @@ __global__ void __launch_bounds__(NT, gpu::kMinBlocks<NT, kDet>)
         v[i] = i < n ? gpu::to_float(__ldg(values + e0 + i), Tag{}) : 0.0f;
       }
       if constexpr (!kDet) {
-        for (int64_t rep = 0; rep < a.s; ++rep) {
-          const gpu::ReplicaBlock rb = gpu::replica_block(k, a.s, rep);
+        gpu::ReplicaCursor cur = gpu::replicas(a);
+        for (int64_t rep = 0; rep < a.s; ++rep, cur.advance()) {
+          const gpu::ReplicaBlock rb = cur.block();
 #pragma unroll
           for (int i = 0; i < EPT; ++i) {
             if (i < n) {
@@ -85,8 +86,9 @@ __global__ void __launch_bounds__(NT, gpu::kMinBlocks<NT, kDet>)
       } else {
 #pragma unroll
         for (int i = 0; i < EPT; ++i) vals[threadIdx.x * EPT + i] = v[i];
-        for (int64_t rep = 0; rep < a.s; ++rep) {
-          const gpu::ReplicaBlock rb = gpu::replica_block(k, a.s, rep);
+        gpu::ReplicaCursor cur = gpu::replicas(a);
+        for (int64_t rep = 0; rep < a.s; ++rep, cur.advance()) {
+          const gpu::ReplicaBlock rb = cur.block();
           uint32_t bucket[EPT], entry[EPT];
 #pragma unroll
           for (int i = 0; i < EPT; ++i) {
@@ -174,8 +176,9 @@ __global__ void __launch_bounds__(kTransposeThreads)
       float acc[kTransposeRows];
 #pragma unroll
       for (int r = 0; r < kTransposeRows; ++r) acc[r] = 0.0f;
-      for (int64_t rep = 0; rep < a.s; ++rep) {
-        const uint32_t code = gpu::sjlt_code(a.key, j, a.s, rep, gpu::replica_block(k, a.s, rep));
+      gpu::ReplicaCursor cur = gpu::replicas(a);
+      for (int64_t rep = 0; rep < a.s; ++rep, cur.advance()) {
+        const uint32_t code = gpu::sjlt_code(a.key, j, a.s, rep, cur.block());
         const float* col = y + b0 * k + (code & kBucketMask);
 #pragma unroll
         for (int r = 0; r < kTransposeRows; ++r) {

@@ -33,14 +33,29 @@ struct ReplicaBlock {
   uint32_t width;
 };
 
-GRASS_HD ReplicaBlock replica_block(int64_t k, int64_t s, int64_t r) {
-  const int64_t lo = r * k / s;
-  const int64_t hi = (r + 1) * k / s;
-  return ReplicaBlock{static_cast<uint32_t>(lo), static_cast<uint32_t>(hi - lo)};
-}
+// Walks the replicas' bucket blocks r = 0, 1, ..., s - 1 without dividing on the device:
+// lo_r = floor(r * k / s) is kept as quotient and remainder and advanced by k = kq * s + kr
+// (kq, kr computed on the host), with at most one carry per step.
+struct ReplicaCursor {
+  int64_t lo = 0, rem = 0;  // r * k = lo * s + rem
+  int64_t s, kq, kr;
+  GRASS_HD ReplicaCursor(int64_t s_, int64_t kq_, int64_t kr_) : s(s_), kq(kq_), kr(kr_) {}
+  GRASS_HD int64_t next_lo() const { return lo + kq + (rem + kr >= s ? 1 : 0); }
+  GRASS_HD ReplicaBlock block() const {
+    return ReplicaBlock{static_cast<uint32_t>(lo), static_cast<uint32_t>(next_lo() - lo)};
+  }
+  GRASS_HD void advance() {
+    lo += kq;
+    rem += kr;
+    if (rem >= s) {
+      rem -= s;
+      ++lo;
+    }
+  }
+};
 
 // Packed code of (column, replica): bit-for-bit SjltHash(seed, k, s).code(column, replica),
-// with the two 64-bit divisions of code() hoisted out (replica_block) and the bucket's
+// with the two 64-bit divisions of code() replaced by ReplicaCursor and the bucket's
 // multiply-high done in 32 bits: ((h >> 32) * width) >> 32 == umulhi(h >> 32, width).
 GRASS_HD uint32_t sjlt_code(uint64_t key, int64_t column, int64_t s, int64_t replica,
                             ReplicaBlock rb) {
@@ -74,6 +89,7 @@ struct SketchArgs {
   int64_t B = 0;           // rows of y
   int64_t k = 0;           // columns of y
   int64_t s = 1;           // replicas per column
+  int64_t kq = 0, kr = 0;  // k / s and k % s (ReplicaCursor)
   uint64_t key = 0;        // stream_key(seed, kStreamSjlt)
   float scale = 1.0f;      // 1 / sqrt(s)
   int end_bit = 1;         // bits that hold any bucket and the sentinel k (deterministic sort)
@@ -90,6 +106,8 @@ inline SketchArgs make_sketch_args(int64_t B, const SjltParams& params) {
   a.B = B;
   a.k = params.k;
   a.s = params.s;
+  a.kq = params.k / params.s;
+  a.kr = params.k % params.s;
   a.key = stream_key(params.seed, kStreamSjlt);
   a.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(params.s)));
   int bits = 0;
@@ -97,6 +115,8 @@ inline SketchArgs make_sketch_args(int64_t B, const SjltParams& params) {
   a.end_bit = bits;
   return a;
 }
+
+GRASS_HD ReplicaCursor replicas(const SketchArgs& a) { return ReplicaCursor(a.s, a.kq, a.kr); }
 
 // Zeroes acc[0, n) (shared memory), then syncs.
 template <int NT>

@@ -128,8 +128,9 @@ __global__ void __launch_bounds__(NT, kMinBlocks<NT, kDet>) sketch_rows_kernel(S
       const typename Src::Entries ent = src.entries(e0, n);
 
       if constexpr (!kDet) {
-        for (int64_t rep = 0; rep < a.s; ++rep) {
-          const ReplicaBlock rb = replica_block(k, a.s, rep);
+        ReplicaCursor cur = replicas(a);
+        for (int64_t rep = 0; rep < a.s; ++rep, cur.advance()) {
+          const ReplicaBlock rb = cur.block();
           uint32_t code[EPT];
 #pragma unroll
           for (int i = 0; i < EPT; ++i) code[i] = sjlt_code(a.key, e0 + i, a.s, rep, rb);
@@ -156,8 +157,9 @@ __global__ void __launch_bounds__(NT, kMinBlocks<NT, kDet>) sketch_rows_kernel(S
 #pragma unroll
           for (int i = 0; i < EPT; ++i) vals[r * C + threadIdx.x * EPT + i] = Src::value(raw, i);
         }
-        for (int64_t rep = 0; rep < a.s; ++rep) {
-          const ReplicaBlock rb = replica_block(k, a.s, rep);
+        ReplicaCursor cur = replicas(a);
+        for (int64_t rep = 0; rep < a.s; ++rep, cur.advance()) {
+          const ReplicaBlock rb = cur.block();
           uint32_t bucket[EPT], entry[EPT];
 #pragma unroll
           for (int i = 0; i < EPT; ++i) {
