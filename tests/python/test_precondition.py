@@ -68,6 +68,15 @@ def test_solve_equals_damped_inverse(damping, relative):
     assert P.solve(V.float()).dtype == torch.float32
 
 
+def test_whiten_is_the_inverse_cholesky_factor():
+    f = BlockFisher(BLOCKS).update(_G())
+    P = Preconditioner.fit(f)
+    V = torch.randn(5, 12, dtype=torch.float64)
+    W = P.whiten(V)
+    # ‖L⁻¹v‖² = vᵀ(F+λI)⁻¹v, and rows of W·Wᵀ give the same bilinear form
+    torch.testing.assert_close(W @ W.T, V @ P.solve(V).T, rtol=1e-10, atol=1e-12)
+
+
 def test_refit_with_new_damping_keeps_the_fisher():
     f = BlockFisher(BLOCKS).update(_G())
     before = f.sums.clone()

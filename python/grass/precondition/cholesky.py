@@ -67,6 +67,23 @@ class Preconditioner:
         return ops.cholesky_solve(self.factors, self.block_sizes,
                                   V.detach().to(self.device).contiguous()).to(V.device)
 
+    def whiten(self, V: torch.Tensor) -> torch.Tensor:
+        """L_l⁻¹ V_l per block, float64 [M, K] on the factors' device, so that
+        ‖whiten(v)‖² = vᵀ(F + λI)⁻¹v with one triangular solve instead of two (grass.ops
+        offers only the full solve; this uses torch's ``solve_triangular``)."""
+        if not isinstance(V, torch.Tensor) or V.dim() != 2 or V.shape[1] != self.dim:
+            shape = tuple(V.shape) if isinstance(V, torch.Tensor) else type(V).__name__
+            raise ValueError(f"V must be a tensor [M, K={self.dim}], got {shape}")
+        Vd = V.detach().to(self.device, torch.float64)
+        out = torch.empty_like(Vd)
+        start = 0
+        for l, k in enumerate(self.block_sizes):
+            chol = self.factors[self._offsets[l]:self._offsets[l + 1]].view(k, k)
+            out[:, start:start + k] = torch.linalg.solve_triangular(
+                chol, Vd[:, start:start + k].T, upper=False).T
+            start += k
+        return out
+
     def to(self, device) -> "Preconditioner":
         return Preconditioner(self.block_sizes, self.factors.to(device), self.damping, self.num_rows)
 

@@ -54,6 +54,9 @@ def self_influence(preconditioner, train, *, chunk_rows: Optional[int] = None, d
         for start in range(0, src.num_rows, step):
             stop = min(src.num_rows, start + step)
             G = src.read(start, stop, torch.float64, device)
-            out[start:stop] = (G * preconditioner.solve(G)).sum(dim=1).cpu()
+            if hasattr(preconditioner, "whiten"):  # ‖L⁻¹g‖²: one triangular solve, not two
+                out[start:stop] = preconditioner.whiten(G).square().sum(dim=1).cpu()
+            else:
+                out[start:stop] = (G * preconditioner.solve(G)).sum(dim=1).cpu()
             bar.update(stop - start)
     return out
