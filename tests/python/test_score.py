@@ -164,3 +164,16 @@ def test_term_checks():
         full_scores([ScoreTerm(bad, G)], progress=False)
     with pytest.raises(TypeError, match="GradientStore or a \\[N, K\\] tensor"):
         full_scores([ScoreTerm(T, G.numpy())], progress=False)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("largest", [True, False])
+def test_top_k_handles_signed_zeros_infinities_and_dtypes(dtype, largest):
+    row = torch.tensor([[0.0, -0.0, 1.5, -2.0, float("inf"), -0.0, 0.0, float("-inf"), 1.5, -2.0]],
+                       dtype=dtype)
+    top = TopK(1, 10, largest=largest, dtype=dtype)
+    for s in range(0, 10, 3):
+        top.add(s, row[:, s:s + 3])
+    ref = sorted(range(10), key=lambda i: ((-1 if largest else 1) * row[0, i].item(), i))
+    assert top.indices[0].tolist() == ref
+    assert torch.equal(top.values, row[:, ref])

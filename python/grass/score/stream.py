@@ -137,12 +137,25 @@ def full_scores(terms: Sequence[ScoreTerm], *, out: Optional[torch.Tensor] = Non
     return out
 
 
+def _order_keys(values: torch.Tensor, start: int, largest: bool) -> torch.Tensor:
+    """int64 keys that order float32 scores exactly like a stable sort would: the value's
+    bits mapped to an order-preserving integer in the high 32 bits, the complement of the
+    training index in the low 32 bits (so equal values rank the smaller index first).
+    ``x + 0.0`` turns −0.0 into +0.0, which a float comparison treats as equal."""
+    x = (values if largest else -values) + 0.0
+    bits = x.view(torch.int32)
+    bits = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(torch.int64)
+    idx = torch.arange(start, start + x.shape[1], dtype=torch.int64, device=x.device)
+    return (bits << 32) | (0xFFFFFFFF - idx)
+
+
 class TopK:
     """Running top-k per row over chunks of columns that arrive in increasing order.
 
-    Ties are broken towards the smaller training index: candidates are kept in index order
-    among equals and merged with a stable sort, so the result equals a stable sort of the
-    full row.
+    The result equals a stable sort of the full row: the k largest (``largest=False``:
+    smallest) values, ties broken towards the smaller training index. float32 scores are
+    selected with ``torch.topk`` on exact integer keys (`_order_keys`), other dtypes by a
+    stable sort of the running candidates and the chunk.
     """
 
     def __init__(self, rows: int, k: int, *, largest: bool = True, device=None,
@@ -150,19 +163,31 @@ class TopK:
         self.k, self.largest = int(k), bool(largest)
         self.values = torch.empty(rows, 0, dtype=dtype, device=device)
         self.indices = torch.empty(rows, 0, dtype=torch.int64, device=device)
+        self._keys = torch.empty(rows, 0, dtype=torch.int64, device=device)
         self._next = 0
 
     def add(self, start: int, scores: torch.Tensor) -> None:
         if start < self._next:
             raise ValueError(f"chunks must arrive in increasing column order (got start {start} "
                              f"after column {self._next})")
+        if start + scores.shape[1] > 2**32:
+            raise ValueError("top-k supports up to 2**32 training rows")
         c = scores.shape[1]
-        idx = torch.arange(start, start + c, device=scores.device).expand(scores.shape[0], c)
-        vals = torch.cat([self.values.to(scores.device), scores.to(self.values.dtype)], dim=1)
-        ids = torch.cat([self.indices.to(scores.device), idx], dim=1)
-        order = torch.sort(vals, dim=1, descending=self.largest, stable=True).indices[:, :self.k]
+        scores = scores.to(self.values.dtype)
+        vals = torch.cat([self.values.to(scores.device), scores], dim=1)
+        keep = min(self.k, vals.shape[1])
+        if scores.dtype == torch.float32:
+            keys = torch.cat([self._keys.to(scores.device),
+                              _order_keys(scores, start, self.largest)], dim=1)
+            order = torch.topk(keys, keep, dim=1, sorted=True).indices
+            self._keys = torch.gather(keys, 1, order)
+            self.indices = 0xFFFFFFFF - (self._keys & 0xFFFFFFFF)
+        else:
+            idx = torch.arange(start, start + c, device=scores.device).expand(scores.shape[0], c)
+            ids = torch.cat([self.indices.to(scores.device), idx], dim=1)
+            order = torch.sort(vals, dim=1, descending=self.largest, stable=True).indices[:, :keep]
+            self.indices = torch.gather(ids, 1, order)
         self.values = torch.gather(vals, 1, order)
-        self.indices = torch.gather(ids, 1, order)
         self._next = start + c
 
 
