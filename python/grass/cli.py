@@ -184,8 +184,8 @@ def run(config_path: str, *, device: Optional[str] = None, progress: bool = True
                       device=device or a.get("device"), seed=a.get("seed", 0),
                       include_flat=a.get("include_flat", False), chunk_rows=a.get("chunk_rows"),
                       progress=progress)
-    if attr._needs_fit():
-        attr.fit_masks(train, test)
+    if attr.needs_fit:  # learned masks: fitted on training examples only, never on the scored ones
+        attr.fit_masks(train)
     attr.cache(train)
     attr.fit(a.get("damping"), relative=a.get("relative", True), method=a.get("method", "fisher"))
 
