@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "grass/check.h"
+#include "scratch.h"
 
 namespace grass {
 
@@ -120,12 +121,14 @@ void load_panel(const void* G, DType dtype, int64_t K, int64_t r0, int64_t nr, i
 // Factors A [n, n] (row-major, lower triangle read and written) in place. Returns -1 on
 // success, else the first pivot that is not positive (A is then partly overwritten).
 // `parallel` lets the row solves and the trailing updates use the threads.
-int64_t factor_block(double* A, int64_t n, bool parallel, double* pivot_value) {
-  // The panel below the diagonal block, transposed tile by tile: rows i of tile
-  // I = i / kTile at pt[(I * kb + c) * kTile + i % kTile], so that the outer-product
+// panel_t: scratch of panel_scratch(n) doubles.
+int64_t panel_scratch(int64_t n) { return (n + kTile - 1) / kTile * kPanel * kTile; }
+
+int64_t factor_block(double* A, int64_t n, bool parallel, double* pivot_value, double* panel_t) {
+  // The panel below the diagonal block goes to panel_t transposed tile by tile: rows i of
+  // tile I = i / kTile at pt[(I * kb + c) * kTile + i % kTile], so that the outer-product
   // kernel walks it with a stride of kTile doubles (a stride of nt, a multiple of 4 KiB
   // for n a multiple of 512, would map every step to the same L1 set).
-  std::vector<double> panel_t;
   for (int64_t k0 = 0; k0 < n; k0 += kPanel) {
     const int64_t kb = std::min(kPanel, n - k0);
     // 1. The diagonal block, left-looking (its trailing updates from earlier panels are in).
@@ -150,8 +153,7 @@ int64_t factor_block(double* A, int64_t n, bool parallel, double* pivot_value) {
     if (nt == 0) break;
     // 2. Rows below: L[i, panel] = A[i, panel] L_kk^{-T}, each row independently.
     const int64_t tiles = (nt + kTile - 1) / kTile;
-    panel_t.resize(static_cast<size_t>(tiles * kb * kTile));
-    double* pt = panel_t.data();
+    double* pt = panel_t;
 #pragma omp parallel for schedule(static) if (parallel)
     for (int64_t i = 0; i < nt; ++i) {
       double* ri = A + (r0 + i) * n + k0;
@@ -310,22 +312,24 @@ void fisher_accumulate_cpu(const void* G /* [N, K] */, DType dtype, int64_t N, i
       for (int64_t j0 = 0; j0 <= i0; j0 += kTile) items.push_back({l, i0, j0});
   }
   const int64_t num_items = static_cast<int64_t>(items.size());
-#pragma omp parallel
+  detail::PerThread<double> scratch(2 * kChunk * kTile + kTile * kTile);
+#pragma omp parallel num_threads(scratch.threads)
   {
-    std::vector<double> pa(static_cast<size_t>(kChunk * kTile)), pb(pa.size());
-    std::vector<double> tile(static_cast<size_t>(kTile * kTile));
+    double* pa = scratch.mine();           // [chunk, tile] rows of G, columns of tile I
+    double* pb = pa + kChunk * kTile;      // [chunk, tile] columns of tile J
+    double* tile = pb + kChunk * kTile;    // [tile, tile] the sum
 #pragma omp for schedule(dynamic, 1)
     for (int64_t t = 0; t < num_items; ++t) {
       const Item it = items[t];
       const int64_t n = block_sizes[it.l], c0 = lay.col[it.l];
       const int64_t h = std::min(kTile, n - it.i0), w = std::min(kTile, n - it.j0);
       const bool diag = it.i0 == it.j0;
-      std::fill(tile.begin(), tile.begin() + h * w, 0.0);
+      std::fill(tile, tile + h * w, 0.0);
       for (int64_t r0 = 0; r0 < N; r0 += kChunk) {
         const int64_t nr = std::min(kChunk, N - r0);
-        load_panel(G, dtype, K, r0, nr, c0 + it.i0, h, pa.data());
-        if (!diag) load_panel(G, dtype, K, r0, nr, c0 + it.j0, w, pb.data());
-        panel_product(pa.data(), h, diag ? pa.data() : pb.data(), w, nr, h, w, tile.data(), w, 1.0);
+        load_panel(G, dtype, K, r0, nr, c0 + it.i0, h, pa);
+        if (!diag) load_panel(G, dtype, K, r0, nr, c0 + it.j0, w, pb);
+        panel_product(pa, h, diag ? pa : pb, w, nr, h, w, tile, w, 1.0);
       }
       double* Fl = F + lay.packed[it.l];
       for (int64_t i = 0; i < h; ++i)
@@ -374,12 +378,18 @@ void cholesky_factor_cpu(double* F /* packed */, const int64_t* block_sizes, int
   }
   std::sort(shared.begin(), shared.end(), [&](int64_t a, int64_t b) { return block_sizes[a] > block_sizes[b]; });
   const int64_t num_shared = static_cast<int64_t>(shared.size());
-#pragma omp parallel for schedule(dynamic, 1)
-  for (int64_t t = 0; t < num_shared; ++t) {
-    const int64_t l = shared[t];
-    bad_pivot[l] = factor_block(F + lay.packed[l], block_sizes[l], false, &bad_value[l]);
+  if (num_shared > 0) {
+    detail::PerThread<double> scratch(panel_scratch(block_sizes[shared[0]]));  // the largest
+#pragma omp parallel for schedule(dynamic, 1) num_threads(scratch.threads)
+    for (int64_t t = 0; t < num_shared; ++t) {
+      const int64_t l = shared[t];
+      bad_pivot[l] = factor_block(F + lay.packed[l], block_sizes[l], false, &bad_value[l], scratch.mine());
+    }
   }
-  for (int64_t l : big) bad_pivot[l] = factor_block(F + lay.packed[l], block_sizes[l], true, &bad_value[l]);
+  for (int64_t l : big) {
+    detail::Scratch<double> panel(panel_scratch(block_sizes[l]));
+    bad_pivot[l] = factor_block(F + lay.packed[l], block_sizes[l], true, &bad_value[l], panel.data);
+  }
 
   int64_t failed = -1;
   for (int64_t l = 0; l < num_blocks && failed < 0; ++l)
@@ -424,15 +434,16 @@ void cholesky_solve_cpu(const double* L /* packed */, const int64_t* block_sizes
   const int64_t items = groups * num_blocks;
   int64_t max_block = 0;
   for (int64_t l = 0; l < num_blocks; ++l) max_block = std::max(max_block, block_sizes[l]);
-#pragma omp parallel
+  detail::PerThread<double> scratch(kRhs * max_block);
+#pragma omp parallel num_threads(scratch.threads)
   {
-    std::vector<double> W(static_cast<size_t>(kRhs * max_block));
+    double* W = scratch.mine();
 #pragma omp for schedule(dynamic, 1)
     for (int64_t t = 0; t < items; ++t) {
       const int64_t l = t / groups, g = t % groups;
       const int64_t n = block_sizes[l], c0 = lay.col[l];
       const int64_t r0 = g * kRhs, nr = std::min(kRhs, M - r0);
-      double* wt = W.data();  // [n, kRhs]: column r is right-hand side r0 + r
+      double* wt = W;  // [n, kRhs]: column r is right-hand side r0 + r
       load_rhs_transposed(V, dtype, K, r0, nr, c0, n, wt);
       solve_group(L + lay.packed[l], n, wt);
       if (dtype == DType::F64) {

@@ -37,39 +37,44 @@ void masked_sjlt_cpu(const void* x /* [B, p] */, DType dtype, int64_t B, int64_t
   const int64_t k = params.k, s = params.s;
   const SjltHash hash(params.seed, k, s);
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(s)));
-  const int64_t full = B / kLanes, rem = B % kLanes;
-  const bool rem_as_block = rem >= kMinBlockRows;
+  // Large k: every row alone, straight into y (an accumulator would take 64 * k bytes).
+  const bool blocks = k <= kMaxBlockK;
+  const int64_t full = blocks ? B / kLanes : 0, rem = B - full * kLanes;
+  const bool rem_as_block = blocks && rem >= kMinBlockRows;
   const int64_t items = full + (rem_as_block ? 1 : rem);
+  const BlockScratch layout(k, s, blocks);
+  PerThread<float> scratch(layout.total);
 
   dispatch_float_dtype(dtype, [&](auto tag) {
     using Storage = typename decltype(tag)::storage;
     const Storage* xs = static_cast<const Storage*>(x);
-#pragma omp parallel
+#pragma omp parallel num_threads(scratch.threads)
     {
-      Scratch<float> acc(k * kLanes);
-      Scratch<float> xt(kSubTile * kLanes);
-      Scratch<uint32_t> bucket(kHashTile * s);
-      Scratch<float> sign(kHashTile * s);
+      float* mine = scratch.mine();
+      float* acc = mine + layout.acc;
+      float* xt = mine + layout.xt;
+      uint32_t* bucket = reinterpret_cast<uint32_t*>(mine + layout.bucket);
+      float* sign = mine + layout.sign;
 #pragma omp for schedule(dynamic, 1)
       for (int64_t item = 0; item < items; ++item) {
         if (item >= full && !rem_as_block) {
           const int64_t b = full * kLanes + (item - full);
-          sketch_row(xs + b * p, kp, [idx](int64_t j) { return idx[j]; }, hash, scale, tag, y + b * k, bucket.data);
+          sketch_row(xs + b * p, kp, [idx](int64_t j) { return idx[j]; }, hash, scale, tag, y + b * k, bucket);
           continue;
         }
         const int64_t b0 = item * kLanes;
         const int64_t rows = std::min(kLanes, B - b0);
-        std::memset(acc.data, 0, static_cast<size_t>(k * kLanes) * sizeof(float));
+        std::memset(acc, 0, static_cast<size_t>(k * kLanes) * sizeof(float));
         for (int64_t j0 = 0; j0 < kp; j0 += kHashTile) {
           const int64_t nh = std::min(kHashTile, kp - j0);
-          hash_tile(hash, j0, nh, bucket.data, sign.data);  // column j of S is masked column j
+          hash_tile(hash, j0, nh, bucket, sign);  // column j of S is masked column j
           for (int64_t c0 = 0; c0 < nh; c0 += kSubTile) {
             const int64_t n = std::min(kSubTile, nh - c0);
-            load_masked_tile(xs + b0 * p, p, rows, idx + j0 + c0, n, scale, tag, xt.data);
-            scatter_tile(acc.data, xt.data, n, s, bucket.data + c0, sign.data + c0, nh);
+            load_masked_tile(xs + b0 * p, p, rows, idx + j0 + c0, n, scale, tag, xt);
+            scatter_tile(acc, xt, n, s, bucket + c0, sign + c0, nh);
           }
         }
-        store_rows(acc.data, k, rows, y + b0 * k, k);
+        store_rows(acc, k, rows, y + b0 * k, k);
       }
     }
   });

@@ -128,51 +128,56 @@ void sjlt_cpu(const void* x /* [B, p] */, DType dtype, int64_t B, int64_t p,
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(s)));
   // Work items: full blocks of 16 rows; the remaining rows as one more block, or one item
   // per row when they are too few to fill a block worth its cost.
-  const int64_t full = B / kLanes, rem = B % kLanes;
-  const bool rem_as_block = rem >= kMinBlockRows;
+  // Large k: every row alone, straight into y (an accumulator would take 64 * k bytes).
+  const bool blocks = k <= kMaxBlockK;
+  const int64_t full = blocks ? B / kLanes : 0, rem = B - full * kLanes;
+  const bool rem_as_block = blocks && rem >= kMinBlockRows;
   const int64_t items = full + (rem_as_block ? 1 : rem);
+  const BlockScratch layout(k, s, blocks);
+  PerThread<float> scratch(layout.total);
 
   dispatch_float_dtype(dtype, [&](auto tag) {
     using Storage = typename decltype(tag)::storage;
     const Storage* xs = static_cast<const Storage*>(x);
-#pragma omp parallel
+#pragma omp parallel num_threads(scratch.threads)
     {
-      Scratch<float> acc(k * kLanes);              // [k, 16] interleaved accumulator
-      Scratch<float> xt(kSubTile * kLanes);        // [64, 16] transposed columns
-      Scratch<uint32_t> bucket(kHashTile * s);     // [s, tile]
-      Scratch<float> sign(kHashTile * s);
+      float* mine = scratch.mine();
+      float* acc = mine + layout.acc;                                         // [k, 16] interleaved
+      float* xt = mine + layout.xt;                                           // [64, 16] transposed
+      uint32_t* bucket = reinterpret_cast<uint32_t*>(mine + layout.bucket);  // [s, tile]
+      float* sign = mine + layout.sign;                                       // [s, tile]
 #pragma omp for schedule(dynamic, 1)
       for (int64_t item = 0; item < items; ++item) {
         if (item >= full && !rem_as_block) {
           const int64_t b = full * kLanes + (item - full);
-          sketch_row(xs + b * p, p, [](int64_t j) { return j; }, hash, scale, tag, y + b * k, bucket.data);
+          sketch_row(xs + b * p, p, [](int64_t j) { return j; }, hash, scale, tag, y + b * k, bucket);
           continue;
         }
         const int64_t b0 = item * kLanes;
         const int64_t rows = std::min(kLanes, B - b0);
-        std::memset(acc.data, 0, static_cast<size_t>(k * kLanes) * sizeof(float));
+        std::memset(acc, 0, static_cast<size_t>(k * kLanes) * sizeof(float));
         for (int64_t j0 = 0; j0 < p; j0 += kHashTile) {
           const int64_t nh = std::min(kHashTile, p - j0);
-          hash_tile(hash, j0, nh, bucket.data, sign.data);
+          hash_tile(hash, j0, nh, bucket, sign);
           int64_t c0 = 0;
 #if defined(__AVX512F__)
           if constexpr (std::is_same<decltype(tag), F32Tag>::value) {
             if (rows == kLanes) {
               c0 = nh / kLanes * kLanes;
               if (s == 1)
-                sketch_tiles_f32<true>(xs + b0 * p + j0, p, c0, scale, acc.data, bucket.data, sign.data, s, nh);
+                sketch_tiles_f32<true>(xs + b0 * p + j0, p, c0, scale, acc, bucket, sign, s, nh);
               else
-                sketch_tiles_f32<false>(xs + b0 * p + j0, p, c0, scale, acc.data, bucket.data, sign.data, s, nh);
+                sketch_tiles_f32<false>(xs + b0 * p + j0, p, c0, scale, acc, bucket, sign, s, nh);
             }
           }
 #endif
           for (; c0 < nh; c0 += kSubTile) {
             const int64_t n = std::min(kSubTile, nh - c0);
-            load_dense_tile(xs + b0 * p, p, rows, j0 + c0, n, scale, tag, xt.data);
-            scatter_tile(acc.data, xt.data, n, s, bucket.data + c0, sign.data + c0, nh);
+            load_dense_tile(xs + b0 * p, p, rows, j0 + c0, n, scale, tag, xt);
+            scatter_tile(acc, xt, n, s, bucket + c0, sign + c0, nh);
           }
         }
-        store_rows(acc.data, k, rows, y + b0 * k, k);
+        store_rows(acc, k, rows, y + b0 * k, k);
       }
     }
   });
@@ -249,14 +254,15 @@ void sjlt_transpose_cpu(const float* y /* [B, k] */, int64_t B, int64_t p, float
   const int64_t tile = std::max<int64_t>(1, kColTile / s);
   const int64_t tiles = (p + tile - 1) / tile;
   // Parallel over column tiles: every x element is one gather of s terms.
-#pragma omp parallel
+  detail::PerThread<uint32_t> scratch(tile * s);
+#pragma omp parallel num_threads(scratch.threads)
   {
-    std::vector<uint32_t> codes(static_cast<size_t>(tile * s));
+    uint32_t* codes = scratch.mine();
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < tiles; ++t) {
       const int64_t j0 = t * tile;
       const int64_t nc = std::min(tile, p - j0);
-      detail::hash_packed(hash, j0, nc, codes.data());
+      detail::hash_packed(hash, j0, nc, codes);
       for (int64_t b = 0; b < B; ++b) {
         const float* yb = y + b * k;
         float* xb = x + b * p + j0;

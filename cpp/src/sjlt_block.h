@@ -18,6 +18,7 @@
 
 #include "grass/dtype.h"
 #include "grass/hash.h"
+#include "scratch.h"
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -32,6 +33,23 @@ constexpr int64_t kSubTile = 64;     // columns transposed at a time: 64 x 16 fl
 // A block costs the same whatever number of its 16 lanes hold rows: fewer rows than this
 // are sketched one by one (sketch_row), which also spreads them over threads.
 constexpr int64_t kMinBlockRows = 4;
+// A block's interleaved accumulator takes 64 * k bytes; above this k all rows are sketched
+// one by one straight into y (no accumulator), so memory stays O(k) per thread.
+constexpr int64_t kMaxBlockK = int64_t{1} << 18;
+
+// Per-thread scratch of the blocked kernels, in floats: the accumulator [k, 16], one
+// transposed sub-tile [64, 16], and a hash tile's buckets and signs [s, 1024] (the row
+// path uses the bucket part for packed codes).
+struct BlockScratch {
+  int64_t acc, xt, bucket, sign, total;
+  BlockScratch(int64_t k, int64_t s, bool blocks) {
+    acc = 0;
+    xt = blocks ? k * kLanes : 0;
+    bucket = xt + kSubTile * kLanes;
+    sign = bucket + kHashTile * s;
+    total = sign + kHashTile * s;
+  }
+};
 
 // Codes of columns [j0, j0 + n) for every replica, replica-major: bucket[r * n + c] and
 // sign[r * n + c] in {+1.0f, -1.0f}. Bit for bit SjltHash::code, in a loop the compiler
@@ -304,17 +322,6 @@ inline void load_masked_tile(const typename Tag::storage* x, int64_t ld, int64_t
     for (int64_t i = rows; i < kLanes; ++i) col[i] = 0.0f;
   }
 }
-
-// 64-byte aligned scratch owned by one thread.
-template <typename T>
-struct Scratch {
-  T* data = nullptr;
-  explicit Scratch(int64_t n)
-      : data(static_cast<T*>(::operator new(static_cast<size_t>(n > 0 ? n : 1) * sizeof(T), std::align_val_t(64)))) {}
-  ~Scratch() { ::operator delete(data, std::align_val_t(64)); }
-  Scratch(const Scratch&) = delete;
-  Scratch& operator=(const Scratch&) = delete;
-};
 
 }  // namespace detail
 }  // namespace grass

@@ -86,6 +86,16 @@ GRASS_TEST(equals_unfused_and_reference) {
   check_case(17, 2000, 700, 50, 3, grass::DType::BF16, false, 9);
 }
 
+GRASS_TEST(large_k_equals_unfused) {
+  // k above the blocked path's limit (2^18): rows one by one, still equal to the unfused
+  // composition bit for bit.
+  const int64_t B = 18, p = 3000, kp = 1000, k = 300007;
+  const grass_test::Input in = grass_test::random_input(B * p, 21, grass::DType::F32);
+  std::vector<int64_t> idx = random_indices(kp, p, 22);
+  const grass::SjltParams params = sjlt_params(k, 3, 23);
+  EXPECT_TRUE(grass_test::bitwise_equal(run_fused(in, B, p, idx, params), run_unfused(in, B, p, idx, params)));
+}
+
 GRASS_TEST(empty_mask_gives_zeros) {
   const grass_test::Input in = grass_test::random_input(2 * 10, 1, grass::DType::F32);
   std::vector<float> y(2 * 8, 7.0f);

@@ -108,6 +108,24 @@ GRASS_TEST(dense_matches_explicit_reference) {
   check_dense(18, 777, 48, 1, grass::DType::F16, 0.0, 14);
 }
 
+GRASS_TEST(large_k_sketches_rows_one_by_one) {
+  // k above the blocked path's limit (2^18): every row goes straight into y. Checked row
+  // by row against the explicit S (a dense double reference of B x k would be large).
+  const int64_t B = 17, p = 1500, k = 300007, s = 2;
+  const grass_test::Input in = grass_test::random_input(B * p, 15, grass::DType::F32, 0.1);
+  const grass::SjltParams params = sjlt_params(k, s, 16);
+  const std::vector<float> y = run_dense(in, B, p, params);
+  const grass_test::ExplicitS S = grass_test::explicit_sjlt(p, params);
+  int bad = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    std::vector<float> row(in.f32.begin() + b * p, in.f32.begin() + (b + 1) * p);
+    const auto ref = grass_test::apply_explicit(S, row, 1);
+    const std::vector<float> yb(y.begin() + b * k, y.begin() + (b + 1) * k);
+    bad += grass_test::count_mismatches(yb, ref, "sjlt_cpu large k");
+  }
+  EXPECT_EQ(bad, 0);
+}
+
 GRASS_TEST(half_inputs_equal_float_inputs_bitwise) {
   // The same values given as float16/bfloat16 or as float32 are the same terms added in
   // the same order with float32 accumulation: bitwise equal outputs.
@@ -293,10 +311,11 @@ GRASS_TEST(csr_column_indices_beyond_2_32) {
 }
 
 GRASS_TEST(dense_batch_beyond_2_31_elements) {
-  // B * p = 2^31 + 6 bfloat16 elements (4 GiB of address space, zero pages from calloc
-  // that are read but never written: no physical memory). The non-zeros sit past element
-  // 2^31, where a 32-bit offset would wrap. Runs in about 2-5 s on 2 cores.
-  const int64_t B = 2, p = (int64_t{1} << 30) + 3;
+  // B * p = 2^31 + 32 bfloat16 elements (4 GiB of address space, zero pages from calloc
+  // that are read but never written: no physical memory). The non-zeros sit in the last
+  // row, past element 2^31, where a 32-bit offset would wrap. Two blocks of 16 rows; about
+  // 1-3 s on 2 cores, mostly the kernel mapping the zero pages.
+  const int64_t B = 32, p = (int64_t{1} << 26) + 1;
   std::unique_ptr<uint16_t, decltype(&std::free)> x(
       static_cast<uint16_t*>(std::calloc(static_cast<size_t>(B * p), sizeof(uint16_t))), &std::free);
   EXPECT_TRUE(x != nullptr);
