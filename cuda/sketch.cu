@@ -1,10 +1,41 @@
 // Host side of the sketching kernels' shared machinery: launch plans and output handling.
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
 
 #include "sketch.cuh"
 
 namespace grass {
 namespace gpu {
+
+namespace {
+
+// Tuning hook: GRASS_CUDA_PLAN="rows=R,chunks=C,verbose" overrides the rows per block and
+// the chunks per row of the sketch kernels (chunks only in fast mode: deterministic plans
+// never split rows) and/or prints every plan to stderr. For benchmarking experiments only.
+struct PlanOverride {
+  int rows = 0;
+  int64_t chunks = 0;
+  bool verbose = false;
+};
+
+const PlanOverride& plan_override() {
+  static const PlanOverride o = [] {
+    PlanOverride o;
+    const char* env = std::getenv("GRASS_CUDA_PLAN");
+    if (env == nullptr) return o;
+    const char* r = std::strstr(env, "rows=");
+    const char* c = std::strstr(env, "chunks=");
+    if (r != nullptr) o.rows = std::atoi(r + 5);
+    if (c != nullptr) o.chunks = std::atoll(c + 7);
+    o.verbose = std::strstr(env, "verbose") != nullptr;
+    return o;
+  }();
+  return o;
+}
+
+}  // namespace
 
 RowsPlan plan_rows(const DeviceLimits& dev, int threads, int64_t B, int64_t n_entries, int64_t k,
                    bool deterministic, int64_t tile, size_t per_row_extra, size_t static_bytes,
@@ -26,6 +57,12 @@ RowsPlan plan_rows(const DeviceLimits& dev, int threads, int64_t B, int64_t n_en
     // Rows are the only parallelism: aim for at least one block per SM.
     R = static_cast<int>(std::min<int64_t>(R, std::max<int64_t>(1, B / dev.sms)));
   }
+  const PlanOverride& over = plan_override();
+  if (over.rows > 0) {
+    const size_t unit = plan.global_acc ? per_row_extra : per_row;
+    const size_t fit = unit > 0 ? budget / unit : static_cast<size_t>(max_rows);
+    R = static_cast<int>(std::min<size_t>({static_cast<size_t>(over.rows), static_cast<size_t>(max_rows), fit}));
+  }
   R = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(R, B)));
   plan.R = R;
   plan.n_groups = ceil_div(std::max<int64_t>(B, 1), R);
@@ -40,12 +77,21 @@ RowsPlan plan_rows(const DeviceLimits& dev, int threads, int64_t B, int64_t n_en
     chunks = std::min(std::max<int64_t>(1, target / plan.n_groups), tiles);
     // Each block flushes k floats atomically: keep that below half of the entries it reads.
     if (!plan.global_acc) chunks = std::min(chunks, std::max<int64_t>(1, n_entries / (2 * k)));
+    if (over.chunks > 0) chunks = std::min(over.chunks, tiles);
   }
   const int64_t chunk_tiles = ceil_div(tiles, chunks);
   plan.n_chunks = ceil_div(tiles, chunk_tiles);
   plan.chunk = chunk_tiles * tile;
   if (plan.global_acc) plan.flush = Flush::kNone;
   else plan.flush = plan.n_chunks == 1 ? Flush::kStore : Flush::kAtomic;
+  if (over.verbose)
+    std::fprintf(stderr,
+                 "grass plan: B=%lld entries=%lld k=%lld %s threads=%d -> rows/block=%d groups=%lld "
+                 "chunks=%lld (entries/chunk=%lld) %s acc, dyn smem=%zu B, flush=%s\n",
+                 (long long)B, (long long)n_entries, (long long)k, deterministic ? "det" : "fast",
+                 threads, plan.R, (long long)plan.n_groups, (long long)plan.n_chunks,
+                 (long long)plan.chunk, plan.global_acc ? "global" : "shared", plan.dyn_smem,
+                 plan.flush == Flush::kNone ? "none" : plan.flush == Flush::kStore ? "store" : "atomic");
   return plan;
 }
 

@@ -132,13 +132,16 @@ __global__ void __launch_bounds__(NT, kMinBlocks<NT, kDet>) sketch_rows_kernel(S
         for (int64_t rep = 0; rep < a.s; ++rep, cur.advance()) {
           const ReplicaBlock rb = cur.block();
           uint32_t code[EPT];
-#pragma unroll
-          for (int i = 0; i < EPT; ++i) code[i] = sjlt_code(a.key, e0 + i, a.s, rep, rb);
           for (int r0 = 0; r0 < rows; r0 += kRowsUnroll) {
             typename Src::Raw raw[kRowsUnroll];
 #pragma unroll
             for (int q = 0; q < kRowsUnroll; ++q)
               if (r0 + q < rows) raw[q] = src.load_raw(ent, b0 + r0 + q, n);
+            if (r0 == 0) {
+              // Hashed after the first loads are issued, so it overlaps their latency.
+#pragma unroll
+              for (int i = 0; i < EPT; ++i) code[i] = sjlt_code(a.key, e0 + i, a.s, rep, rb);
+            }
 #pragma unroll
             for (int q = 0; q < kRowsUnroll; ++q) {
               if (r0 + q >= rows) break;
