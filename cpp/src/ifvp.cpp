@@ -151,19 +151,32 @@ int64_t factor_block(double* A, int64_t n, bool parallel, double* pivot_value, d
     }
     const int64_t r0 = k0 + kb, nt = n - r0;
     if (nt == 0) break;
-    // 2. Rows below: L[i, panel] = A[i, panel] L_kk^{-T}, each row independently.
+    // 2. Rows below: L[i, panel] = A[i, panel] L_kk^{-T}, solved in the transposed tiles
+    //    themselves, where the rows of a tile are the vector lanes:
+    //    P[c, :] = (P[c, :] - sum_{m < c} L[c, m] P[m, :]) / L[c, c].
     const int64_t tiles = (nt + kTile - 1) / kTile;
     double* pt = panel_t;
 #pragma omp parallel for schedule(static) if (parallel)
-    for (int64_t i = 0; i < nt; ++i) {
-      double* ri = A + (r0 + i) * n + k0;
+    for (int64_t I = 0; I < tiles; ++I) {
+      const int64_t i0 = I * kTile, h = std::min(kTile, nt - i0);
+      double* P = pt + I * kb * kTile;  // [kb, kTile]
+      for (int64_t i = 0; i < h; ++i)
+        for (int64_t c = 0; c < kb; ++c) P[c * kTile + i] = A[(r0 + i0 + i) * n + k0 + c];
       for (int64_t c = 0; c < kb; ++c) {
-        const double* rc = A + (k0 + c) * n + k0;
-        double v = ri[c];
-        for (int64_t m = 0; m < c; ++m) v -= ri[m] * rc[m];
-        ri[c] = v / rc[c];
-        pt[((i / kTile) * kb + c) * kTile + i % kTile] = ri[c];
+        const double* lc = A + (k0 + c) * n + k0;
+        double* pc = P + c * kTile;
+        for (int64_t m = 0; m < c; ++m) {
+          const double l = lc[m];
+          const double* pm = P + m * kTile;
+#pragma omp simd
+          for (int64_t i = 0; i < h; ++i) pc[i] -= l * pm[i];
+        }
+        const double d = lc[c];
+#pragma omp simd
+        for (int64_t i = 0; i < h; ++i) pc[i] /= d;
       }
+      for (int64_t i = 0; i < h; ++i)
+        for (int64_t c = 0; c < kb; ++c) A[(r0 + i0 + i) * n + k0 + c] = P[c * kTile + i];
     }
     // 3. Trailing update, lower tiles: A[I, J] -= P_I P_J^T.
     const int64_t pairs = tiles * (tiles + 1) / 2;
