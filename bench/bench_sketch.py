@@ -1,0 +1,169 @@
+"""grass sketches next to what torch offers, measured in one run on the CPU.
+
+    python bench/bench_sketch.py            # p = 131072, B = 128, k = 32 ... 16384
+    python bench/bench_sketch.py --quick    # a tiny configuration (a smoke test)
+
+For each input sparsity (fraction of exact zeros) and each k it prints median times of:
+
+- grass SJLT on the dense float32 input and on the same data as a torch sparse CSR tensor,
+- grass GraSS (``masked_sjlt`` with k' = min(p, 4k) random columns) and FJLT,
+- torch's dense projection ``x @ P`` (P a Gaussian [p, k]; its creation is not timed), and
+- an SJLT written in torch: ``y.index_add_(1, bucket, x * sign)`` with grass's own codes,
+
+with the speed-ups of grass's dense SJLT over the two torch baselines, and GB/s next to a
+copy probe (``dst.copy_(src)`` of the input, torch's threads) taken in the same run.
+GB/s counts bytes read + written, as in bench/cpp/bench_sketch.cpp. The torch dense
+projection needs P of p * k * 4 bytes, so it is skipped (and says so) where P would not
+fit in --max-dense-gib.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+import warnings
+
+import torch
+
+try:
+    import grass
+    from grass import ops
+except ImportError as exc:  # pragma: no cover - a message, not a test
+    sys.exit(f"bench_sketch.py needs the grass package (pip install . from the repository root): {exc}")
+
+
+def median_seconds(fn, reps: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def ms(t: float) -> str:
+    return f"{t * 1e3:.3g}"
+
+
+def ratio(a: float, b: float) -> str:
+    r = a / b
+    return f"{r:.0f}x" if r >= 10 else f"{r:.1f}x"
+
+
+def make_input(B: int, p: int, zeros: float, seed: int = 1234) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, p, generator=g)
+    if zeros > 0:
+        x[torch.rand(B, p, generator=g) < zeros] = 0.0
+    return x
+
+
+def copy_probe_gbs(x: torch.Tensor, reps: int) -> float:
+    dst = torch.empty_like(x)
+    t = median_seconds(lambda: dst.copy_(x), reps, warmup=2)
+    return 2 * x.numel() * x.element_size() / t / 1e9
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="tiny configuration (smoke test)")
+    ap.add_argument("--p", type=int, default=None)
+    ap.add_argument("--B", type=int, default=None)
+    ap.add_argument("--ks", type=str, default=None, help="comma-separated sketch sizes")
+    ap.add_argument("--sparsity", type=str, default=None, help="comma-separated fractions of zeros")
+    ap.add_argument("--reps", type=int, default=None)
+    ap.add_argument("--torch-reps", type=int, default=3, help="repetitions of the (slow) torch dense projection")
+    ap.add_argument("--max-dense-gib", type=float, default=2.5, help="largest P for the torch dense projection")
+    args = ap.parse_args()
+
+    p = args.p or (4099 if args.quick else 131072)
+    B = args.B or (8 if args.quick else 128)
+    ks = [int(v) for v in (args.ks or ("32,256" if args.quick else "32,64,128,256,512,1024,2048,4096,8192,16384")).split(",")]
+    sparsity = [float(v) for v in (args.sparsity or ("0,0.9" if args.quick else "0,0.3,0.6,0.9")).split(",")]
+    reps = args.reps or (3 if args.quick else 7)
+
+    info = grass.build_info()
+    print(f"# bench_sketch.py: p = {p}, B = {B}, float32 input, median of {reps} runs "
+          f"(torch dense projection: {args.torch_reps})")
+    print(f"grass {info['version']} ({info['compiler']}, SIMD {info['simd']}, OpenMP threads "
+          f"{info['openmp_max_threads']}), torch {torch.__version__} (threads {torch.get_num_threads()})\n")
+
+    # Inputs for every sparsity first, then k in the outer loop, so that each Gaussian P
+    # (up to p * k * 4 bytes) is drawn once and used for every sparsity.
+    inputs = []
+    for zeros in sparsity:
+        x = make_input(B, p, zeros)
+        with warnings.catch_warnings():  # torch flags sparse CSR as beta
+            warnings.simplefilter("ignore")
+            x_csr = x.to_sparse_csr()
+        inputs.append((zeros, x, x_csr))
+    rows = {zeros: [] for zeros in sparsity}
+    copies = {zeros: [] for zeros in sparsity}
+    failures = 0
+    for k in ks:
+        P = None
+        if p * k * 4 <= args.max_dense_gib * 2**30:
+            P = torch.randn(p, k, generator=torch.Generator().manual_seed(5)) / k**0.5
+        bucket, sign = ops.sjlt_codes(p, k, seed=7)  # the same S, for the torch SJLT
+        bucket, sign = bucket[:, 0].contiguous(), sign[:, 0].to(torch.float32)
+        kp = min(p, 4 * k)
+        idx = ops.mask_indices(p, kp, seed=99)
+        for zeros, x, x_csr in inputs:
+            in_bytes = x.numel() * 4
+            out_bytes = B * k * 4
+            copy = copy_probe_gbs(x, max(reps, 5))  # next to this row's measurements
+            copies[zeros].append(copy)
+            y = torch.empty(B, k)
+            t_sjlt = median_seconds(lambda: ops.sjlt(x, k, seed=7, out=y), reps)
+            y_csr = torch.empty(B, k)
+            t_csr = median_seconds(lambda: ops.sjlt(x_csr, k, seed=7, out=y_csr), reps)
+            t_grass = median_seconds(lambda: ops.masked_sjlt(x, idx, k, seed=7, out=y_csr), reps)
+            if k <= 1 << (p - 1).bit_length():
+                fjlt_cell = ms(median_seconds(lambda: ops.fjlt(x, k, seed=7, out=y_csr), max(3, reps // 2)))
+            else:
+                fjlt_cell = "-"
+
+            # torch SJLT with the same S: y[:, bucket[j]] += sign[j] * x[:, j].
+            y_t = torch.empty(B, k)
+
+            def torch_index_add():
+                y_t.zero_()
+                y_t.index_add_(1, bucket, x * sign)
+
+            t_index_add = median_seconds(torch_index_add, reps)
+            if not torch.allclose(ops.sjlt(x, k, seed=7), y_t, rtol=1e-4, atol=1e-3):
+                print(f"ERROR: grass SJLT and torch index_add_ SJLT differ at k = {k}", flush=True)
+                failures += 1
+
+            if P is not None:
+                t_dense = median_seconds(lambda: x @ P, args.torch_reps)
+                dense_cells = f"{ms(t_dense)} | {ratio(t_dense, t_sjlt)}"
+            else:
+                dense_cells = f"- (P = {p * k * 4 / 2**30:.0f} GiB) | -"
+
+            gbs = (in_bytes + out_bytes) / t_sjlt / 1e9
+            rows[zeros].append(f"| {k} | {ms(t_sjlt)} | {gbs:.1f} | {gbs / copy:.2f} | {ms(t_csr)} "
+                               f"| {ms(t_grass)} ({kp}) | {fjlt_cell} | {dense_cells} "
+                               f"| {ms(t_index_add)} | {ratio(t_index_add, t_sjlt)} |")
+            print(f"  done k = {k}, sparsity {zeros:.0%}", file=sys.stderr, flush=True)
+        del P
+
+    for zeros, x, x_csr in inputs:
+        nnz = x_csr.values().numel()
+        print(f"## sparsity {zeros:.0%} (nnz = {nnz} of {x.numel()}), copy probe "
+              f"{statistics.median(copies[zeros]):.1f} GB/s (median over the table; each row uses the "
+              f"probe taken just before it)\n")
+        print("| k | SJLT dense ms | GB/s | /copy | SJLT CSR ms | GraSS ms (k') | FJLT ms "
+              "| torch x@P ms | x@P / SJLT | torch index_add_ ms | index_add_ / SJLT |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        for row in rows[zeros]:
+            print(row)
+        print()
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
