@@ -167,15 +167,19 @@ class TRAK:
     def _terms(self, test) -> List[ScoreTerm]:
         feats, rows, pres = [], [], []
         for i, attr in self._each():
+            if attr.preconditioner is None or self._probabilities[i] is None:
+                raise RuntimeError("call cache(train_loader) and fit() before scoring")
             feats.append(attr.test_gradients(test))
             rows.append(attr.train_store())
             pres.append(attr.preconditioner)
         return trak_terms(feats, rows, self._probabilities, pres, ensemble=self.ensemble)
 
     def scores(self, test, *, out=None) -> torch.Tensor:
-        """TRAK scores [M, N] for a test loader (or one [M, K] tensor per checkpoint)."""
-        return full_scores(self._terms(test), out=out, progress=self.progress, desc="TRAK")
+        """TRAK scores [M, N] for a loader of test batches (positive = helpful)."""
+        return full_scores(self._terms(test), out=out, device=self.attributors[0].device,
+                           progress=self.progress, desc="TRAK")
 
     def top_k(self, test, k: int = 10, *, largest: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
-        return top_k_scores(self._terms(test), k, largest=largest, progress=self.progress,
+        return top_k_scores(self._terms(test), k, largest=largest,
+                            device=self.attributors[0].device, progress=self.progress,
                             desc="TRAK (top-k)")

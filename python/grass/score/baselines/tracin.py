@@ -84,10 +84,12 @@ class TracIn:
         return tracin_terms(grads, rows, self.learning_rates)
 
     def scores(self, test, *, out=None) -> torch.Tensor:
-        return full_scores(self._terms(test), out=out, progress=self.progress, desc="TracIn")
+        return full_scores(self._terms(test), out=out, device=self.attributors[0].device,
+                           progress=self.progress, desc="TracIn")
 
     def top_k(self, test, k: int = 10, *, largest: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
-        return top_k_scores(self._terms(test), k, largest=largest, progress=self.progress,
+        return top_k_scores(self._terms(test), k, largest=largest,
+                            device=self.attributors[0].device, progress=self.progress,
                             desc="TracIn (top-k)")
 
     def self_influence(self) -> torch.Tensor:
@@ -96,6 +98,6 @@ class TracIn:
         for eta, attr in zip(self.learning_rates, self._each()):
             store = attr.train_store()
             s = eta * _self_influence(IdentityPreconditioner(store.block_sizes), store,
-                                      progress=self.progress)
+                                      device=attr.device, progress=self.progress)
             total = s if total is None else total + s
         return total
