@@ -167,8 +167,10 @@ class TRAK:
     def _terms(self, test) -> List[ScoreTerm]:
         feats, rows, pres = [], [], []
         for i, attr in self._each():
-            if attr.preconditioner is None or self._probabilities[i] is None:
-                raise RuntimeError("call cache(train_loader) and fit() before scoring")
+            if self._probabilities[i] is None:
+                raise RuntimeError("call cache(train_loader) (it resumes or reuses the stores) "
+                                   "and fit() before scoring")
+            attr._require_fit()  # loads the saved kernel factors of an earlier fit
             feats.append(attr.test_gradients(test))
             rows.append(attr.train_store())
             pres.append(attr.preconditioner)
