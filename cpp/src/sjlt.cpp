@@ -206,7 +206,7 @@ void sjlt_csr_cpu(const int64_t* indptr /* [B + 1] */, const int64_t* indices /*
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(s)));
   // With many non-zeros per column, hash every column once (vectorised, in parallel) into
   // a table of packed codes; with few, or a huge p, hash each non-zero as it comes.
-  const bool use_table = p * s <= kMaxCodeTable && nnz >= p / 4;
+  const bool use_table = p <= kMaxCodeTable / s && nnz >= p / 4;
   std::vector<uint32_t> table(use_table ? static_cast<size_t>(p * s) : 0);
   if (use_table) {
     const int64_t tiles = (p + detail::kHashTile - 1) / detail::kHashTile;
