@@ -4,8 +4,10 @@
 // acc[o * 16 + i] = y[row i, bucket o], so one column's contribution to all 16 rows is a
 // single 16-float line: acc[bucket] += sign * x[:, column] is one vector load, one FMA
 // with a broadcast sign and one store, whatever the bucket. Columns therefore arrive
-// transposed, xt[c * 16 + i] = x[row i, column c], filled by a loader (a 16 x 16
-// register transpose for dense rows, a gather for masked columns).
+// transposed: float32 dense rows are transposed on the way in and scattered straight
+// from registers (sketch_tiles_f32); other paths fill a small transposed tile
+// xt[c * 16 + i] = x[row i, column c] (a register transpose for float16 / bfloat16 rows,
+// plain loads for masked columns) and scatter from it (scatter_tile).
 //
 // Per output element the terms are added in ascending column order, replicas in order,
 // each term rounded as (x * scale) then added with its sign: the same arithmetic as a
