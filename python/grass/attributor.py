@@ -365,6 +365,13 @@ class Attributor:
             raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
         store = self.train_store()
         blocks = list(store.block_sizes) if block_diagonal else [store.dim]
+        if method != "fisher":
+            # The saved factors describe a Fisher fit; a later process must not take them
+            # for this one (the Fisher itself stays in fisher.pt, so refitting is cheap).
+            try:
+                os.remove(self._path("preconditioner.pt"))
+            except FileNotFoundError:
+                pass
         if method == "identity":
             self.preconditioner = IdentityPreconditioner(store.block_sizes)
         elif method == "datainf":
