@@ -4,6 +4,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <map>
@@ -47,6 +48,7 @@ struct DeviceLimits {
   size_t smem_sm = 0;             // shared memory per SM
   size_t smem_reserved = 0;       // per-block reservation by the system (sm_80+: 1 KiB)
   int max_threads_sm = 2048;
+  int regs_sm = 65536;            // 32-bit registers per SM
 };
 
 // Limits of the current device, queried once per device and cached (a call costs a
@@ -75,23 +77,35 @@ inline DeviceLimits device_limits(const char* func) {
   check_cuda(cudaDeviceGetAttribute(&v, cudaDevAttrMaxThreadsPerMultiProcessor, dev),
              "device query", func);
   d.max_threads_sm = v > 0 ? v : 2048;
+  check_cuda(cudaDeviceGetAttribute(&v, cudaDevAttrMaxRegistersPerMultiprocessor, dev),
+             "device query", func);
+  d.regs_sm = v > 0 ? v : 65536;
   cache.emplace(dev, d);
   return d;
 }
 
-// Static shared memory of a kernel (CUB temp storage and fixed tiles live there); cached.
+// What occupancy depends on: static shared memory (CUB temp storage and fixed tiles live
+// there) and registers per thread. Queried once per kernel and cached.
+struct KernelInfo {
+  size_t static_smem = 0;
+  int regs = 0;
+};
+
 template <typename Kernel>
-size_t static_smem(Kernel kernel, const char* func) {
+KernelInfo kernel_info(Kernel kernel, const char* func) {
   static std::mutex mu;
-  static std::map<const void*, size_t> cache;
+  static std::map<const void*, KernelInfo> cache;
   const void* key = reinterpret_cast<const void*>(kernel);
   std::lock_guard<std::mutex> lock(mu);
   auto it = cache.find(key);
   if (it != cache.end()) return it->second;
   cudaFuncAttributes attr{};
   check_cuda(cudaFuncGetAttributes(&attr, key), "cudaFuncGetAttributes", func);
-  cache.emplace(key, attr.sharedSizeBytes);
-  return attr.sharedSizeBytes;
+  KernelInfo info;
+  info.static_smem = attr.sharedSizeBytes;
+  info.regs = attr.numRegs;
+  cache.emplace(key, info);
+  return info;
 }
 
 // Dynamic shared memory above the default 48 KiB needs an explicit opt-in per kernel and
@@ -113,12 +127,17 @@ void allow_dynamic_smem(Kernel kernel, size_t bytes, const char* func) {
   have = bytes;
 }
 
-// Blocks of `threads` threads using `smem` bytes (static + dynamic) that fit on one SM.
-inline int resident_blocks(const DeviceLimits& d, int threads, size_t smem) {
-  int by_threads = d.max_threads_sm / threads;
-  size_t per_block = smem + d.smem_reserved;
-  int by_smem = per_block > 0 ? static_cast<int>(d.smem_sm / per_block) : by_threads;
-  int n = by_threads < by_smem ? by_threads : by_smem;
+// Blocks of `threads` threads using `smem` bytes (static + dynamic) and `regs` registers
+// per thread that fit on one SM at once (registers are allocated per warp in units of 256).
+inline int resident_blocks(const DeviceLimits& d, int threads, size_t smem, int regs) {
+  int n = d.max_threads_sm / threads;
+  const size_t per_block = smem + d.smem_reserved;
+  if (per_block > 0) n = std::min(n, static_cast<int>(d.smem_sm / per_block));
+  if (regs > 0) {
+    const int warps = (threads + 31) / 32;
+    const int per_warp = (regs * 32 + 255) / 256 * 256;
+    n = std::min(n, d.regs_sm / (warps * per_warp));
+  }
   return n > 0 ? n : 1;
 }
 

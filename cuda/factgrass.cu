@@ -219,12 +219,13 @@ void launch_factgrass(const void* a, const void* g, const FactArgs& f, int64_t B
     constexpr bool kDet = decltype(det_tag)::value;
     auto k_shared = factgrass_kernel<Tag, kDet, false>;
     auto k_global = factgrass_kernel<Tag, kDet, true>;
-    const size_t fixed = gpu::static_smem(k_shared, func) + (kDet ? kDetExtraBytes : 0);
+    const gpu::KernelInfo info = gpu::kernel_info(k_shared, func);
+    const size_t fixed = info.static_smem + (kDet ? kDetExtraBytes : 0);
     GRASS_CHECK(fixed <= dev.smem_block_optin,
                 "the deterministic mode needs %zu bytes of shared memory per block, the device "
                 "offers %zu", fixed, dev.smem_block_optin);
-    gpu::RowsPlan plan = gpu::plan_rows(dev, kThreads, B, f.n_tiles * kTileEntries, sa.k, kDet,
-                                        kTileEntries, 0, fixed, kRowsMax);
+    gpu::RowsPlan plan = gpu::plan_rows(dev, kThreads, info.regs, B, f.n_tiles * kTileEntries,
+                                        sa.k, kDet, kTileEntries, 0, fixed, kRowsMax);
     plan.dyn_smem += kDet ? kDetExtraBytes : 0;
     GRASS_CHECK(plan.n_chunks <= gpu::kMaxGridX, "too many tile chunks (%lld)", (long long)plan.n_chunks);
     gpu::begin_output(sa, plan, stream, func);

@@ -121,7 +121,8 @@ void launch_csr(const int64_t* indptr, const int64_t* indices, const void* value
     constexpr int64_t C = static_cast<int64_t>(NT) * kCsrEPT;
     auto k_shared = sjlt_csr_kernel<Tag, NT, kDet, false>;
     auto k_global = sjlt_csr_kernel<Tag, NT, kDet, true>;
-    const size_t static_bytes = gpu::static_smem(k_shared, func);
+    const gpu::KernelInfo info = gpu::kernel_info(k_shared, func);
+    const size_t static_bytes = info.static_smem;
     const size_t extra = kDet ? static_cast<size_t>(C) * sizeof(float) : 0;
     const size_t acc_bytes = static_cast<size_t>(a.k) * sizeof(float);
     const size_t budget =
@@ -133,7 +134,7 @@ void launch_csr(const int64_t* indptr, const int64_t* indices, const void* value
     int64_t G = 1;
     int64_t min_part = C;
     if (!kDet) {
-      const int resident = gpu::resident_blocks(dev, NT, dyn + static_bytes);
+      const int resident = gpu::resident_blocks(dev, NT, dyn + static_bytes, info.regs);
       const int64_t target = 2 * static_cast<int64_t>(dev.sms) * resident;
       if (!global_acc) min_part = std::max<int64_t>(C, 2 * a.k);
       G = std::max<int64_t>(1, std::min<int64_t>({kCsrMaxParts, target / std::max<int64_t>(a.B, 1),

@@ -37,9 +37,23 @@ const PlanOverride& plan_override() {
 
 }  // namespace
 
-RowsPlan plan_rows(const DeviceLimits& dev, int threads, int64_t B, int64_t n_entries, int64_t k,
-                   bool deterministic, int64_t tile, size_t per_row_extra, size_t static_bytes,
-                   int max_rows) {
+int64_t wave_fit_chunks(int64_t groups, int64_t max_chunks, int64_t slots) {
+  int64_t best = max_chunks;
+  double best_eff = -1.0;
+  for (int64_t c = max_chunks; c >= 1 && 2 * c >= max_chunks; --c) {
+    const int64_t blocks = c * groups;
+    const double eff = static_cast<double>(blocks) / static_cast<double>(ceil_div(blocks, slots) * slots);
+    if (eff > best_eff + 1e-9) {
+      best_eff = eff;
+      best = c;
+    }
+  }
+  return best;
+}
+
+RowsPlan plan_rows(const DeviceLimits& dev, int threads, int regs, int64_t B, int64_t n_entries,
+                   int64_t k, bool deterministic, int64_t tile, size_t per_row_extra,
+                   size_t static_bytes, int max_rows) {
   RowsPlan plan;
   const size_t budget =
       dev.smem_block_optin > static_bytes ? dev.smem_block_optin - static_bytes : 0;
@@ -71,12 +85,15 @@ RowsPlan plan_rows(const DeviceLimits& dev, int threads, int64_t B, int64_t n_en
   const int64_t tiles = std::max<int64_t>(1, ceil_div(n_entries, tile));
   int64_t chunks = 1;
   if (!deterministic) {
-    // About two waves of resident blocks.
-    const int resident = resident_blocks(dev, threads, plan.dyn_smem + static_bytes);
-    const int64_t target = 2 * static_cast<int64_t>(dev.sms) * resident;
-    chunks = std::min(std::max<int64_t>(1, target / plan.n_groups), tiles);
-    // Each block flushes k floats atomically: keep that below half of the entries it reads.
+    // About two waves of resident blocks, ...
+    const int resident = resident_blocks(dev, threads, plan.dyn_smem + static_bytes, regs);
+    const int64_t slots = static_cast<int64_t>(dev.sms) * resident;
+    chunks = std::min(std::max<int64_t>(1, 2 * slots / plan.n_groups), tiles);
+    // ... each block flushing its k floats atomically for less than half the entries it
+    // reads, ... 
     if (!plan.global_acc) chunks = std::min(chunks, std::max<int64_t>(1, n_entries / (2 * k)));
+    // ... and a block count that fills whole waves (a partial last wave idles SMs).
+    chunks = wave_fit_chunks(plan.n_groups, chunks, slots);
     if (over.chunks > 0) chunks = std::min(over.chunks, tiles);
   }
   const int64_t chunk_tiles = ceil_div(tiles, chunks);

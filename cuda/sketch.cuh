@@ -236,7 +236,7 @@ struct RowsPlan {
 // SM (latency hiding); a single row may use up to the opt-in maximum.
 constexpr size_t kPreferredAccBytes = 96 * 1024;
 
-// threads: block size. n_entries: columns (entries) per row. tile: entries per block
+// threads, regs: block size and registers per thread. n_entries: columns (entries) per row. tile: entries per block
 // iteration. per_row_extra: dynamic bytes per row beyond the k accumulator floats (the
 // deterministic mode stages the tile's values). static_bytes: the kernel's static shared
 // memory. max_rows: the kernel's compile-time row limit.
@@ -245,9 +245,13 @@ constexpr size_t kPreferredAccBytes = 96 * 1024;
 // entries in ascending order, so the result is independent of the device and equal to
 // the CPU kernel's (same additions in the same order). Parallelism then comes from rows
 // alone (R is lowered so that there are about as many blocks as SMs when B allows).
-RowsPlan plan_rows(const DeviceLimits& dev, int threads, int64_t B, int64_t n_entries, int64_t k,
-                   bool deterministic, int64_t tile, size_t per_row_extra, size_t static_bytes,
-                   int max_rows);
+RowsPlan plan_rows(const DeviceLimits& dev, int threads, int regs, int64_t B, int64_t n_entries,
+                   int64_t k, bool deterministic, int64_t tile, size_t per_row_extra,
+                   size_t static_bytes, int max_rows);
+
+// Chunks per row in [1, max_chunks] whose block count best fills whole waves of `slots`
+// resident blocks, among the counts within a factor 2 of max_chunks (ties: more chunks).
+int64_t wave_fit_chunks(int64_t groups, int64_t max_chunks, int64_t slots);
 
 // Host side of a plan: copies it into the kernel arguments and zeroes y when blocks add
 // into it (atomic flush or global accumulator).

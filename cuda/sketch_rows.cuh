@@ -202,10 +202,10 @@ void launch_sketch_rows(const Src& src, int64_t n_entries, SketchArgs a, bool de
     constexpr int64_t C = static_cast<int64_t>(NT) * Src::kEPT;
     auto k_shared = sketch_rows_kernel<Src, NT, kDet, false>;
     auto k_global = sketch_rows_kernel<Src, NT, kDet, true>;
-    const size_t static_bytes = static_smem(k_shared, func);
+    const KernelInfo info = kernel_info(k_shared, func);
     const size_t per_row_extra = kDet ? static_cast<size_t>(C) * sizeof(float) : 0;
-    const RowsPlan plan = plan_rows(dev, NT, a.B, n_entries, a.k, kDet, C, per_row_extra,
-                                    static_bytes, kRowsMax);
+    const RowsPlan plan = plan_rows(dev, NT, info.regs, a.B, n_entries, a.k, kDet, C,
+                                    per_row_extra, info.static_smem, kRowsMax);
     GRASS_CHECK(plan.n_chunks <= kMaxGridX, "too many column chunks (%lld)", (long long)plan.n_chunks);
     begin_output(a, plan, stream, func);
     auto kernel = plan.global_acc ? k_global : k_shared;
