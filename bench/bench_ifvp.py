@@ -1,0 +1,117 @@
+"""grass's CPU iFVP next to torch.linalg (LAPACK/BLAS), measured in one run.
+
+    python bench/bench_ifvp.py            # N = 4096 rows, M = 256 right-hand sides
+    python bench/bench_ifvp.py --quick    # a tiny configuration (a smoke test)
+
+For a few block layouts it times, median of --reps runs:
+
+- accumulation: ``grass.ops.fisher_accumulate(G, sizes)`` vs ``G_l.T @ G_l`` per block in
+  float64 (torch's BLAS),
+- factorisation: ``grass.ops.cholesky_factor`` vs ``torch.linalg.cholesky`` per block,
+- solve: ``grass.ops.cholesky_solve`` vs ``torch.cholesky_solve`` per block,
+
+and prints GFLOP/s (multiply + add = 2 flops: accumulation N k^2 per block, as for one
+triangle; Cholesky k^3 / 3; solve 2 M k^2) and torch's time over grass's. Both sides are
+checked against each other.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import torch
+
+try:
+    import grass
+    from grass import ops
+except ImportError as exc:  # pragma: no cover - a message, not a test
+    sys.exit(f"bench_ifvp.py needs the grass package (pip install . from the repository root): {exc}")
+
+
+def median_seconds(fn, reps: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def blocks(flat: torch.Tensor, sizes):
+    out, offset = [], 0
+    for b in sizes:
+        out.append(flat[offset:offset + b * b].view(b, b))
+        offset += b * b
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--N", type=int, default=None, help="rows of G")
+    ap.add_argument("--M", type=int, default=None, help="right-hand sides")
+    ap.add_argument("--reps", type=int, default=None)
+    args = ap.parse_args()
+    N = args.N or (300 if args.quick else 4096)
+    M = args.M or (20 if args.quick else 256)
+    reps = args.reps or (1 if args.quick else 3)
+    layouts = ([("3 blocks of 40..130", [40, 70, 130])] if args.quick else
+               [("1 x 4096", [4096]), ("8 x 1024", [1024] * 8), ("32 x 256", [256] * 32),
+                ("mixed 2048..64", [2048, 1024, 512, 256, 128, 64])])
+
+    info = grass.build_info()
+    print(f"# bench_ifvp.py: N = {N} rows of G (float32), M = {M} right-hand sides, median of {reps}")
+    print(f"grass {info['version']} (OpenMP threads {info['openmp_max_threads']}), torch {torch.__version__} "
+          f"(threads {torch.get_num_threads()})\n")
+    print("| layout | accumulate: grass GFLOP/s | torch | torch / grass time | Cholesky: grass GFLOP/s | torch "
+          "| torch / grass time | solve: grass GFLOP/s | torch | torch / grass time |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    failures = 0
+    for name, sizes in layouts:
+        K = sum(sizes)
+        g = torch.Generator().manual_seed(1)
+        G = torch.rand(N, K, generator=g) - 0.5
+        V = torch.rand(M, K, generator=g) - 0.5
+        damping = 1e-3 * N
+        syrk = sum(N * b * b for b in sizes)
+        chol = sum(b**3 / 3 for b in sizes)
+        solve = sum(2 * M * b * b for b in sizes)
+
+        t_acc = median_seconds(lambda: ops.fisher_accumulate(G, sizes), reps)
+        G64 = G.double()
+        cols = torch.split(G64, sizes, dim=1)
+        t_acc_torch = median_seconds(lambda: [c.T @ c for c in cols], reps)
+
+        F = ops.fisher_accumulate(G, sizes)
+        t_chol = median_seconds(lambda: ops.cholesky_factor(F.clone(), sizes, damping), reps)
+        t_clone = median_seconds(lambda: F.clone(), reps)
+        damped = [Fl + damping * torch.eye(b, dtype=torch.float64) for Fl, b in zip(blocks(F, sizes), sizes)]
+        t_chol_torch = median_seconds(lambda: [torch.linalg.cholesky(A) for A in damped], reps)
+
+        L = ops.cholesky_factor(F.clone(), sizes, damping)
+        t_solve = median_seconds(lambda: ops.cholesky_solve(L, sizes, V), reps)
+        Ls = [torch.linalg.cholesky(A) for A in damped]
+        V64 = torch.split(V.double(), sizes, dim=1)
+        t_solve_torch = median_seconds(lambda: [torch.cholesky_solve(v.T, Lt) for v, Lt in zip(V64, Ls)], reps)
+
+        # Both sides agree.
+        X = ops.cholesky_solve(L, sizes, V.double())
+        X_ref = torch.cat([torch.cholesky_solve(v.T, Lt).T for v, Lt in zip(V64, Ls)], dim=1)
+        if not torch.allclose(X, X_ref, rtol=1e-8, atol=1e-10):
+            print(f"ERROR: grass and torch solves differ on {name}")
+            failures += 1
+
+        t_chol_net = max(t_chol - t_clone, 1e-9)
+        print(f"| {name} | {syrk / t_acc / 1e9:.1f} | {syrk / t_acc_torch / 1e9:.1f} | {t_acc_torch / t_acc:.2f} "
+              f"| {chol / t_chol_net / 1e9:.1f} | {chol / t_chol_torch / 1e9:.1f} | {t_chol_torch / t_chol_net:.2f} "
+              f"| {solve / t_solve / 1e9:.1f} | {solve / t_solve_torch / 1e9:.1f} | {t_solve_torch / t_solve:.2f} |",
+              flush=True)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
