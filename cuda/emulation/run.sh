@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs the CUDA kernels of cuda/ on the CPU under a small emulated CUDA runtime and compares
+# every result with the CPU kernels (check_kernels.cpp). A verification aid for machines
+# without a GPU: it executes the real kernel code (indexing, barriers, plans, flushes,
+# shared-memory opt-ins), not GPU timing or memory ordering. See docs/cuda.md.
+#
+#   cuda/emulation/run.sh          quick cases (about a minute on 2 cores)
+#   cuda/emulation/run.sh --full   adds larger cases (opt-in shared memory, P = 2^19)
+#
+# Needs python3 and a C++20 compiler with <barrier> (g++ >= 11 or clang >= 15).
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+out="$root/build/cuda-emulation"
+mkdir -p "$out/src" "$out/obj"
+python3 "$here/transform.py" "$root/cuda" "$out/src"
+CXX=${CXX:-g++}
+flags=(-std=c++20 -O1 -pthread -fopenmp -Wno-unknown-pragmas -I"$here/include" -I"$out/src"
+       -I"$root/cpp/include" -DGRASS_WITH_CUDA=1)
+pids=()
+for f in sketch sjlt mask masked_sjlt fjlt kron factgrass; do
+  "$CXX" "${flags[@]}" -c "$out/src/$f.emu.cpp" -o "$out/obj/cuda_$f.o" & pids+=($!)
+done
+for f in sjlt mask masked_sjlt fjlt kron factgrass; do
+  "$CXX" "${flags[@]}" -O2 -c "$root/cpp/src/$f.cpp" -o "$out/obj/cpu_$f.o" & pids+=($!)
+done
+for p in "${pids[@]}"; do wait "$p"; done
+"$CXX" "${flags[@]}" -c "$here/check_kernels.cpp" -o "$out/obj/check_kernels.o"
+"$CXX" "${flags[@]}" "$out"/obj/*.o -o "$out/check_kernels"
+if [[ "${1:-}" == "--full" ]]; then "$out/check_kernels" --full; else "$out/check_kernels"; fi
