@@ -221,13 +221,14 @@ void launch_factgrass(const void* a, const void* g, const FactArgs& f, int64_t B
     auto k_global = factgrass_kernel<Tag, kDet, true>;
     const gpu::KernelInfo info = gpu::kernel_info(k_shared, func);
     const size_t fixed = info.static_smem + (kDet ? kDetExtraBytes : 0);
-    GRASS_CHECK(fixed <= dev.smem_block_optin,
+    GRASS_CHECK_IN(func, fixed <= dev.smem_block_optin,
                 "the deterministic mode needs %zu bytes of shared memory per block, the device "
                 "offers %zu", fixed, dev.smem_block_optin);
     gpu::RowsPlan plan = gpu::plan_rows(dev, kThreads, info.regs, B, f.n_tiles * kTileEntries,
                                         sa.k, kDet, kTileEntries, 0, fixed, kRowsMax);
     plan.dyn_smem += kDet ? kDetExtraBytes : 0;
-    GRASS_CHECK(plan.n_chunks <= gpu::kMaxGridX, "too many tile chunks (%lld)", (long long)plan.n_chunks);
+    GRASS_CHECK_IN(func, plan.n_chunks <= gpu::kMaxGridX, "too many tile chunks (%lld)",
+                   (long long)plan.n_chunks);
     gpu::begin_output(sa, plan, stream, func);
     auto kernel = plan.global_acc ? k_global : k_shared;
     gpu::allow_dynamic_smem(kernel, plan.dyn_smem, func);

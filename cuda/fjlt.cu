@@ -32,6 +32,7 @@ constexpr int kLogTile = 13;
 constexpr int kTile = 1 << kLogTile;  // floats per shared-memory tile (32 KiB)
 constexpr int kLogMinW = 5;           // later passes move >= 32 consecutive floats per index
 constexpr size_t kMaxScratchBytes = size_t{256} << 20;
+constexpr const char* kFunc = "fjlt_cuda";  // the API name errors report
 
 // D: the sign of column j, drawn as in fjlt_signs (low bit set means -1).
 __device__ __forceinline__ float fjlt_sign(uint64_t key, int64_t j) {
@@ -143,39 +144,40 @@ void launch_fjlt(const void* x_, int64_t B, int64_t p, float* y, int64_t k, uint
   // (From pageable memory the copy returns once the data is staged, so `host_rows` may die.)
   std::vector<int64_t> host_rows(static_cast<size_t>(k));
   fjlt_rows(p, k, seed, host_rows.data());
-  gpu::Scratch rows(static_cast<size_t>(k) * sizeof(int64_t), stream, "fjlt_cuda");
-  GRASS_CUDA_CHECK(cudaMemcpyAsync(rows.as<int64_t>(), host_rows.data(),
-                                   static_cast<size_t>(k) * sizeof(int64_t),
-                                   cudaMemcpyHostToDevice, stream));
+  gpu::Scratch rows(static_cast<size_t>(k) * sizeof(int64_t), stream, kFunc);
+  gpu::check_cuda(cudaMemcpyAsync(rows.as<int64_t>(), host_rows.data(),
+                                  static_cast<size_t>(k) * sizeof(int64_t), cudaMemcpyHostToDevice,
+                                  stream),
+                  "cudaMemcpyAsync(rows)", kFunc);
 
   if (P <= kTile) {
     fjlt_small_kernel<Tag><<<gpu::grid_x(std::min<int64_t>(B, 1 << 20)), kThreads, 0, stream>>>(
         x, B, p, log_p, sign_key, rows.as<int64_t>(), k, scale, y);
-    GRASS_CUDA_CHECK_LAUNCH("fjlt_small_kernel");
+    gpu::check_cuda(cudaGetLastError(), "launch of fjlt_small_kernel", kFunc);
     return;
   }
 
   const int64_t batch = std::max<int64_t>(
       1, std::min<int64_t>(B, static_cast<int64_t>(kMaxScratchBytes / (static_cast<size_t>(P) * sizeof(float)))));
-  gpu::Scratch w(static_cast<size_t>(batch * P) * sizeof(float), stream, "fjlt_cuda");
+  gpu::Scratch w(static_cast<size_t>(batch * P) * sizeof(float), stream, kFunc);
   const int64_t n_tiles = P >> kLogTile;
   for (int64_t b0 = 0; b0 < B; b0 += batch) {
     const int64_t nb = std::min(batch, B - b0);
     const dim3 grid(gpu::grid_x(std::min<int64_t>(n_tiles, 1 << 16)), gpu::grid_yz(nb));
     fjlt_pass_kernel<Tag, true><<<grid, kThreads, 0, stream>>>(x + b0 * p, p, w.as<float>(), nb,
                                                                 log_p, 0, kLogTile, sign_key);
-    GRASS_CUDA_CHECK_LAUNCH("fjlt_pass_kernel");
+    gpu::check_cuda(cudaGetLastError(), "launch of fjlt_pass_kernel", kFunc);
     for (int lo = kLogTile; lo < log_p;) {
       const int hi = std::min(log_p, lo + kLogTile - kLogMinW);
       fjlt_pass_kernel<Tag, false><<<grid, kThreads, 0, stream>>>(x, p, w.as<float>(), nb, log_p,
                                                                    lo, hi, sign_key);
-      GRASS_CUDA_CHECK_LAUNCH("fjlt_pass_kernel");
+      gpu::check_cuda(cudaGetLastError(), "launch of fjlt_pass_kernel", kFunc);
       lo = hi;
     }
     const dim3 ggrid(gpu::grid_x(std::min<int64_t>(gpu::ceil_div(k, 256), 1 << 16)), gpu::grid_yz(nb));
     fjlt_gather_kernel<<<ggrid, 256, 0, stream>>>(w.as<float>(), nb, P, rows.as<int64_t>(), k,
                                                   scale, y + b0 * k);
-    GRASS_CUDA_CHECK_LAUNCH("fjlt_gather_kernel");
+    gpu::check_cuda(cudaGetLastError(), "launch of fjlt_gather_kernel", kFunc);
   }
 }
 

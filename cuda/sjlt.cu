@@ -143,7 +143,8 @@ void launch_csr(const int64_t* indptr, const int64_t* indices, const void* value
     a.flush = global_acc ? gpu::Flush::kNone : (G == 1 ? gpu::Flush::kStore : gpu::Flush::kAtomic);
     a.vec_flush = a.k % 4 == 0 && gpu::aligned16(a.y);
     if (global_acc || G > 1)
-      GRASS_CUDA_CHECK(cudaMemsetAsync(a.y, 0, static_cast<size_t>(a.B * a.k) * sizeof(float), stream));
+      gpu::check_cuda(cudaMemsetAsync(a.y, 0, static_cast<size_t>(a.B * a.k) * sizeof(float), stream),
+                      "cudaMemsetAsync(y)", func);
     auto kernel = global_acc ? k_global : k_shared;
     gpu::allow_dynamic_smem(kernel, dyn, func);
     const dim3 grid(static_cast<unsigned>(G), gpu::grid_yz(a.B));

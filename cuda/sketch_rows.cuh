@@ -206,7 +206,8 @@ void launch_sketch_rows(const Src& src, int64_t n_entries, SketchArgs a, bool de
     const size_t per_row_extra = kDet ? static_cast<size_t>(C) * sizeof(float) : 0;
     const RowsPlan plan = plan_rows(dev, NT, info.regs, a.B, n_entries, a.k, kDet, C,
                                     per_row_extra, info.static_smem, kRowsMax);
-    GRASS_CHECK(plan.n_chunks <= kMaxGridX, "too many column chunks (%lld)", (long long)plan.n_chunks);
+    GRASS_CHECK_IN(func, plan.n_chunks <= kMaxGridX, "too many column chunks (%lld)",
+                   (long long)plan.n_chunks);
     begin_output(a, plan, stream, func);
     auto kernel = plan.global_acc ? k_global : k_shared;
     allow_dynamic_smem(kernel, plan.dyn_smem, func);
