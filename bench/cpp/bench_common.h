@@ -95,9 +95,10 @@ inline double median(std::vector<double> v) {
 // kernel, so both see the same machine (others' jobs come and go); the ratio is taken per
 // pair and its median reported.
 struct Paired {
-  double seconds;    // median kernel time
-  double copy_gbs;   // median copy probe GB/s over the same repetitions
-  double ratio;      // median of (kernel GB/s) / (copy GB/s), pair by pair
+  double seconds;     // median kernel time
+  double copy_gbs;    // median copy probe GB/s over the same repetitions
+  double ratio;       // median of (kernel GB/s) / (copy GB/s), pair by pair
+  double best_ratio;  // fastest kernel run over fastest copy run: the least disturbed pair
 };
 template <typename Fn>
 Paired time_against_copy(Fn&& fn, double kernel_bytes, CopyProbe& probe, int reps) {
@@ -113,7 +114,9 @@ Paired time_against_copy(Fn&& fn, double kernel_bytes, CopyProbe& probe, int rep
     gc.push_back(probe.gbs(tc));
     ratio.push_back(kernel_bytes / t / 1e9 / probe.gbs(tc));
   }
-  return {median(tk), median(gc), median(ratio)};
+  const double best_kernel = *std::min_element(tk.begin(), tk.end());
+  const double best_copy = *std::max_element(gc.begin(), gc.end());
+  return {median(tk), median(gc), median(ratio), kernel_bytes / best_kernel / 1e9 / best_copy};
 }
 
 inline double copy_bandwidth_gbs(CopyProbe& probe, int reps) {
