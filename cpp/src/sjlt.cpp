@@ -160,7 +160,7 @@ void sjlt_cpu(const void* x /* [B, p] */, DType dtype, int64_t B, int64_t p,
           const int64_t nh = std::min(kHashTile, p - j0);
           hash_tile(hash, j0, nh, bucket, sign);
           int64_t c0 = 0;
-#if defined(__AVX512F__)
+#if defined(GRASS_FUSED_F32)
           if constexpr (std::is_same<decltype(tag), F32Tag>::value) {
             if (rows == kLanes) {
               c0 = nh / kLanes * kLanes;

@@ -22,8 +22,9 @@
 #include "grass/hash.h"
 #include "scratch.h"
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
 #include <immintrin.h>
+#define GRASS_FUSED_F32 1  // sketch_tiles_f32 exists
 #endif
 
 namespace grass {
@@ -287,6 +288,55 @@ __attribute__((noinline)) void sketch_tiles_f32(const float* base, int64_t ld, i
             _mm512_store_ps(line,
                             _mm512_fmadd_ps(col[m], _mm512_set1_ps(sign[r * code_ld + c]), _mm512_load_ps(line)));
           }
+        }
+      }
+    }
+  }
+}
+#endif
+
+#if !defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__)
+// The AVX2 twin of the fused float32 path above, same arithmetic and order: 8-float
+// registers, so a column of the 16-row block is two registers (rows 0-7 and 8-15) and
+// an accumulator line two loads, two FMAs and two stores. The transpose works the same
+// way with two 128-bit lanes: w[g] = [rows g, g+4] of a column group (a load and an
+// insert), then a 4 x 4 transpose inside each lane.
+constexpr int64_t kPrefetchBytes = 512;
+template <bool kSingle>
+__attribute__((noinline)) void sketch_tiles_f32(const float* base, int64_t ld, int64_t n, float scale, float* acc,
+                                                const uint32_t* bucket, const float* sign, int64_t s,
+                                                int64_t code_ld) {
+  constexpr int64_t ahead = kPrefetchBytes / 4;
+  const __m256 vs = _mm256_set1_ps(scale);
+  const int64_t l4 = 4 * ld;
+  for (int64_t c0 = 0; c0 < n; c0 += kLanes) {
+    for (int i = 0; i < 16; ++i)
+      _mm_prefetch(reinterpret_cast<const char*>(base + i * ld + c0 + ahead), _MM_HINT_NTA);
+    for (int L = 0; L < 4; ++L) {
+      __m256 col[2][4];  // [rows 0-7 | rows 8-15][column 4L + m]
+      for (int half = 0; half < 2; ++half) {
+        __m256 w[4];
+        for (int g = 0; g < 4; ++g) {
+          const float* r0 = base + (8 * half + g) * ld + c0 + 4 * L;
+          const __m256 v = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(r0)), _mm_loadu_ps(r0 + l4), 1);
+          w[g] = kSingle ? v : _mm256_mul_ps(v, vs);
+        }
+        const __m256d t0 = _mm256_castps_pd(_mm256_unpacklo_ps(w[0], w[1]));
+        const __m256d t1 = _mm256_castps_pd(_mm256_unpackhi_ps(w[0], w[1]));
+        const __m256d t2 = _mm256_castps_pd(_mm256_unpacklo_ps(w[2], w[3]));
+        const __m256d t3 = _mm256_castps_pd(_mm256_unpackhi_ps(w[2], w[3]));
+        col[half][0] = _mm256_castpd_ps(_mm256_unpacklo_pd(t0, t2));
+        col[half][1] = _mm256_castpd_ps(_mm256_unpackhi_pd(t0, t2));
+        col[half][2] = _mm256_castpd_ps(_mm256_unpacklo_pd(t1, t3));
+        col[half][3] = _mm256_castpd_ps(_mm256_unpackhi_pd(t1, t3));
+      }
+      for (int m = 0; m < 4; ++m) {
+        const int64_t c = c0 + 4 * L + m;
+        for (int64_t r = 0; r < (kSingle ? 1 : s); ++r) {
+          float* line = acc + static_cast<int64_t>(bucket[r * code_ld + c]) * kLanes;
+          const __m256 sg = _mm256_set1_ps(sign[r * code_ld + c]);
+          _mm256_store_ps(line, _mm256_fmadd_ps(col[0][m], sg, _mm256_load_ps(line)));
+          _mm256_store_ps(line + 8, _mm256_fmadd_ps(col[1][m], sg, _mm256_load_ps(line + 8)));
         }
       }
     }
