@@ -127,20 +127,22 @@ __device__ __forceinline__ void zero_shared(float* acc, int64_t n) {
 
 // Writes rows [b0, b0 + rows) of the block's shared accumulator [rows, k] into y with
 // `mode` (kStore or kAtomic). Callers sync before (the accumulator is complete) and after
-// (before it is zeroed again). Not inlined: it would raise the register count of the hot
-// loop it follows.
+// (before it is zeroed again). The loops stay rolled: unrolled, they would raise the
+// register count of the kernels past their bounds (spills).
 template <int NT>
-__device__ __noinline__ void flush_rows(const SketchArgs& a, Flush mode, const float* acc,
-                                        int64_t b0, int rows) {
+__device__ __forceinline__ void flush_rows(const SketchArgs& a, Flush mode, const float* acc,
+                                           int64_t b0, int rows) {
   const int64_t k = a.k;
   float* out = a.y;
   const bool atomic = mode == Flush::kAtomic;
+#pragma unroll 1
   for (int r = 0; r < rows; ++r) {
     const float* src = acc + static_cast<int64_t>(r) * k;
     float* dst = out + (b0 + r) * k;
     if (a.vec_flush) {  // k % 4 == 0 and y 16-byte aligned, so every row is
       const float4* src4 = reinterpret_cast<const float4*>(src);
       float4* dst4 = reinterpret_cast<float4*>(dst);
+#pragma unroll 1
       for (int64_t i = threadIdx.x; i < k / 4; i += NT) {
         const float4 v = src4[i];
         if (atomic) {
@@ -158,6 +160,7 @@ __device__ __noinline__ void flush_rows(const SketchArgs& a, Flush mode, const f
         }
       }
     } else {
+#pragma unroll 1
       for (int64_t i = threadIdx.x; i < k; i += NT) {
         const float v = src[i];
         if (atomic) {
