@@ -39,7 +39,7 @@ def sketch64(x: torch.Tensor, k: int, s: int, seed: int):
     """float64 reference of S x (from the explicit codes, sparse: any k), the same with
     |x| and |S| (for the error bound), and the number of terms of each bucket."""
     bucket, sign = reference.sjlt_codes(x.shape[1], k, s=s, seed=seed)
-    x64 = reference._dense64(x).cpu()
+    x64 = x.detach().cpu().to(torch.float64)
     cols = bucket.reshape(-1)
     vals = sign.reshape(-1).to(torch.float64) / math.sqrt(s)
     xs = x64.repeat_interleave(s, dim=1)
