@@ -37,46 +37,26 @@ void masked_sjlt_cpu(const void* x /* [B, p] */, DType dtype, int64_t B, int64_t
   const int64_t k = params.k, s = params.s;
   const SjltHash hash(params.seed, k, s);
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(s)));
-  // Large k: every row alone, straight into y (an accumulator would take 64 * k bytes).
-  const bool blocks = k <= kMaxBlockK;
-  const int64_t full = blocks ? B / kLanes : 0, rem = B - full * kLanes;
-  const bool rem_as_block = blocks && rem >= kMinBlockRows;
-  const int64_t items = full + (rem_as_block ? 1 : rem);
-  const BlockScratch layout(k, s, blocks);
-  PerThread<float> scratch(layout.total);
 
   dispatch_float_dtype(dtype, [&](auto tag) {
     using Storage = typename decltype(tag)::storage;
     const Storage* xs = static_cast<const Storage*>(x);
-#pragma omp parallel num_threads(scratch.threads)
-    {
-      float* mine = scratch.mine();
-      float* acc = mine + layout.acc;
-      float* xt = mine + layout.xt;
-      uint32_t* bucket = reinterpret_cast<uint32_t*>(mine + layout.bucket);
-      float* sign = mine + layout.sign;
-#pragma omp for schedule(dynamic, 1)
-      for (int64_t item = 0; item < items; ++item) {
-        if (item >= full && !rem_as_block) {
-          const int64_t b = full * kLanes + (item - full);
-          sketch_row(xs + b * p, kp, [idx](int64_t j) { return idx[j]; }, hash, scale, tag, y + b * k, bucket);
-          continue;
+    // Masked columns [j0, j1) of a block of rows: column j of S takes x[:, idx[j]].
+    auto block = [&](int64_t b0, int64_t rows, int64_t j0, int64_t j1, float* acc, const TileBuffers& buf) {
+      for (int64_t t0 = j0; t0 < j1; t0 += kHashTile) {
+        const int64_t nh = std::min(kHashTile, j1 - t0);
+        hash_tile(hash, t0, nh, buf.bucket, buf.sign);
+        for (int64_t c0 = 0; c0 < nh; c0 += kSubTile) {
+          const int64_t nc = std::min(kSubTile, nh - c0);
+          load_masked_tile(xs + b0 * p, p, rows, idx + t0 + c0, nc, scale, tag, buf.xt);
+          scatter_tile(acc, buf.xt, nc, s, buf.bucket + c0, buf.sign + c0, nh);
         }
-        const int64_t b0 = item * kLanes;
-        const int64_t rows = std::min(kLanes, B - b0);
-        std::memset(acc, 0, static_cast<size_t>(k * kLanes) * sizeof(float));
-        for (int64_t j0 = 0; j0 < kp; j0 += kHashTile) {
-          const int64_t nh = std::min(kHashTile, kp - j0);
-          hash_tile(hash, j0, nh, bucket, sign);  // column j of S is masked column j
-          for (int64_t c0 = 0; c0 < nh; c0 += kSubTile) {
-            const int64_t n = std::min(kSubTile, nh - c0);
-            load_masked_tile(xs + b0 * p, p, rows, idx + j0 + c0, n, scale, tag, xt);
-            scatter_tile(acc, xt, n, s, bucket + c0, sign + c0, nh);
-          }
-        }
-        store_rows(acc, k, rows, y + b0 * k, k);
       }
-    }
+    };
+    auto row = [&](int64_t b, int64_t j0, int64_t j1, float* yrow, const TileBuffers& buf) {
+      sketch_row_range(xs + b * p, j0, j1, [idx](int64_t j) { return idx[j]; }, hash, scale, tag, yrow, buf.bucket);
+    };
+    run_blocked(B, kp, k, s, y, block, row);
   });
 }
 

@@ -45,12 +45,12 @@ inline uint32_t packed_code(const SjltHash& hash, int64_t column, int64_t replic
   return static_cast<uint32_t>(bucket) | (neg ? kNegBit : 0u);
 }
 
-// One CSR row's non-zeros [e, e_end) scatter-added into yb; returns the position of the
+// Non-zeros [e, e_end) of a CSR row scatter-added into yb; returns the position of the
 // first column index outside [0, p), or INT64_MAX. `codes` is the table of packed codes
 // of every column (replica-major within a column) or null to hash on the fly. Arguments
 // by value: the hot loop then keeps them in registers.
 template <typename Tag>
-int64_t csr_row(float* yb, const int64_t* indices, const typename Tag::storage* values, int64_t e, int64_t e_end,
+int64_t csr_add(float* yb, const int64_t* indices, const typename Tag::storage* values, int64_t e, int64_t e_end,
                 int64_t p, const uint32_t* codes, const SjltHash hash, float scale, Tag tag) {
   const int64_t s = hash.s;
   if (codes && s == 1) {
@@ -74,6 +74,45 @@ int64_t csr_row(float* yb, const int64_t* indices, const typename Tag::storage* 
       for (int64_t r = 0; r < s; ++r) detail::scatter_one(yb, packed_code(hash, j, r), sv);
     }
   }
+  return INT64_MAX;
+}
+
+// One CSR row into yb [k] with the dense path's column ranges (sjlt_block.h): the
+// non-zeros of each range are summed into `partial` from +0 and folded into yb in range
+// order, so sorted rows give the dense result bit for bit. Unsorted rows are summed all
+// the same, in their own order (after the first step back, without further folds).
+template <typename Tag>
+int64_t csr_row(float* yb, float* partial, const int64_t* indices, const typename Tag::storage* values, int64_t e,
+                int64_t e_end, int64_t p, int64_t width, const uint32_t* codes, const SjltHash hash, float scale,
+                Tag tag) {
+  const int64_t k = hash.k;
+  std::memset(yb, 0, static_cast<size_t>(k) * sizeof(float));
+  if (p <= width) return csr_add(yb, indices, values, e, e_end, p, codes, hash, scale, tag);
+  std::memset(partial, 0, static_cast<size_t>(k) * sizeof(float));
+  int64_t range = 0;
+  bool sorted = true;
+  while (e < e_end) {
+    // The run of non-zeros in the current range (all the rest once unsorted).
+    int64_t run = e;
+    if (sorted) {
+      const int64_t limit = (range + 1) * width;
+      while (run < e_end && indices[run] >= range * width && indices[run] < limit) ++run;
+    } else {
+      run = e_end;
+    }
+    const int64_t bad = csr_add(partial, indices, values, e, run, p, codes, hash, scale, tag);
+    if (bad != INT64_MAX) return bad;
+    e = run;
+    if (e < e_end) {
+      const int64_t j = indices[e];
+      if (static_cast<uint64_t>(j) >= static_cast<uint64_t>(p)) return e;
+      detail::add_into(yb, partial, k);
+      std::memset(partial, 0, static_cast<size_t>(k) * sizeof(float));
+      if (j / width < range) sorted = false;
+      range = j / width;
+    }
+  }
+  detail::add_into(yb, partial, k);
   return INT64_MAX;
 }
 
@@ -126,60 +165,40 @@ void sjlt_cpu(const void* x /* [B, p] */, DType dtype, int64_t B, int64_t p,
   const int64_t k = params.k, s = params.s;
   const SjltHash hash(params.seed, k, s);
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(s)));
-  // Work items: full blocks of 16 rows; the remaining rows as one more block, or one item
-  // per row when they are too few to fill a block worth its cost.
-  // Large k: every row alone, straight into y (an accumulator would take 64 * k bytes).
-  const bool blocks = k <= kMaxBlockK;
-  const int64_t full = blocks ? B / kLanes : 0, rem = B - full * kLanes;
-  const bool rem_as_block = blocks && rem >= kMinBlockRows;
-  const int64_t items = full + (rem_as_block ? 1 : rem);
-  const BlockScratch layout(k, s, blocks);
-  PerThread<float> scratch(layout.total);
 
   dispatch_float_dtype(dtype, [&](auto tag) {
-    using Storage = typename decltype(tag)::storage;
+    using Tag = decltype(tag);
+    using Storage = typename Tag::storage;
     const Storage* xs = static_cast<const Storage*>(x);
-#pragma omp parallel num_threads(scratch.threads)
-    {
-      float* mine = scratch.mine();
-      float* acc = mine + layout.acc;                                         // [k, 16] interleaved
-      float* xt = mine + layout.xt;                                           // [64, 16] transposed
-      uint32_t* bucket = reinterpret_cast<uint32_t*>(mine + layout.bucket);  // [s, tile]
-      float* sign = mine + layout.sign;                                       // [s, tile]
-#pragma omp for schedule(dynamic, 1)
-      for (int64_t item = 0; item < items; ++item) {
-        if (item >= full && !rem_as_block) {
-          const int64_t b = full * kLanes + (item - full);
-          sketch_row(xs + b * p, p, [](int64_t j) { return j; }, hash, scale, tag, y + b * k, bucket);
-          continue;
-        }
-        const int64_t b0 = item * kLanes;
-        const int64_t rows = std::min(kLanes, B - b0);
-        std::memset(acc, 0, static_cast<size_t>(k * kLanes) * sizeof(float));
-        for (int64_t j0 = 0; j0 < p; j0 += kHashTile) {
-          const int64_t nh = std::min(kHashTile, p - j0);
-          hash_tile(hash, j0, nh, bucket, sign);
-          int64_t c0 = 0;
+    // Columns [j0, j1) of a block of rows into its interleaved accumulator.
+    auto block = [&](int64_t b0, int64_t rows, int64_t j0, int64_t j1, float* acc, const TileBuffers& buf) {
+      const Storage* xb = xs + b0 * p;
+      for (int64_t t0 = j0; t0 < j1; t0 += kHashTile) {
+        const int64_t nh = std::min(kHashTile, j1 - t0);
+        hash_tile(hash, t0, nh, buf.bucket, buf.sign);
+        int64_t c0 = 0;
 #if defined(GRASS_FUSED_F32)
-          if constexpr (std::is_same<decltype(tag), F32Tag>::value) {
-            if (rows == kLanes) {
-              c0 = nh / kLanes * kLanes;
-              if (s == 1)
-                sketch_tiles_f32<true>(xs + b0 * p + j0, p, c0, scale, acc, bucket, sign, s, nh);
-              else
-                sketch_tiles_f32<false>(xs + b0 * p + j0, p, c0, scale, acc, bucket, sign, s, nh);
-            }
-          }
-#endif
-          for (; c0 < nh; c0 += kSubTile) {
-            const int64_t n = std::min(kSubTile, nh - c0);
-            load_dense_tile(xs + b0 * p, p, rows, j0 + c0, n, scale, tag, xt);
-            scatter_tile(acc, xt, n, s, bucket + c0, sign + c0, nh);
+        if constexpr (std::is_same<Tag, F32Tag>::value) {
+          if (rows == kLanes) {
+            c0 = nh / kLanes * kLanes;
+            if (s == 1)
+              sketch_tiles_f32<true>(xb + t0, p, c0, scale, acc, buf.bucket, buf.sign, s, nh);
+            else
+              sketch_tiles_f32<false>(xb + t0, p, c0, scale, acc, buf.bucket, buf.sign, s, nh);
           }
         }
-        store_rows(acc, k, rows, y + b0 * k, k);
+#endif
+        for (; c0 < nh; c0 += kSubTile) {
+          const int64_t nc = std::min(kSubTile, nh - c0);
+          load_dense_tile(xb, p, rows, t0 + c0, nc, scale, tag, buf.xt);
+          scatter_tile(acc, buf.xt, nc, s, buf.bucket + c0, buf.sign + c0, nh);
+        }
       }
-    }
+    };
+    auto row = [&](int64_t b, int64_t j0, int64_t j1, float* yrow, const TileBuffers& buf) {
+      sketch_row_range(xs + b * p, j0, j1, [](int64_t j) { return j; }, hash, scale, tag, yrow, buf.bucket);
+    };
+    run_blocked(B, p, k, s, y, block, row);
   });
 }
 
@@ -220,17 +239,20 @@ void sjlt_csr_cpu(const int64_t* indptr /* [B + 1] */, const int64_t* indices /*
   const uint32_t* codes = use_table ? table.data() : nullptr;
   // Column indices are checked as they are used (a separate pass would read them twice);
   // a row stops at its first bad index, and the first bad one overall is reported.
+  const int64_t width = detail::range_width(k);
+  detail::PerThread<float> scratch(p > width ? k : 1);  // a row's partial sums
   int64_t first_bad = INT64_MAX;
   dispatch_float_dtype(dtype, [&](auto tag) {
     using Storage = typename decltype(tag)::storage;
     const Storage* vs = static_cast<const Storage*>(values);
     // Rows have different lengths: dynamic chunks balance them.
-#pragma omp parallel for schedule(dynamic, 4) reduction(min : first_bad)
-    for (int64_t b = 0; b < B; ++b) {
-      float* yb = y + b * k;
-      std::fill(yb, yb + k, 0.0f);
-      first_bad = std::min(first_bad, csr_row(yb, indices, vs, indptr[b], indptr[b + 1], p, codes, hash,
-                                              scale, tag));
+#pragma omp parallel num_threads(scratch.threads) reduction(min : first_bad)
+    {
+      float* partial = scratch.mine();
+#pragma omp for schedule(dynamic, 4)
+      for (int64_t b = 0; b < B; ++b)
+        first_bad = std::min(first_bad, csr_row(y + b * k, partial, indices, vs, indptr[b], indptr[b + 1], p, width,
+                                                codes, hash, scale, tag));
     }
   });
   if (first_bad != INT64_MAX) {

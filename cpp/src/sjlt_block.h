@@ -14,6 +14,8 @@
 // scalar loop over the row, so every path (AVX-512 or portable, dense, CSR, masked) gives
 // bitwise the same result.
 #pragma once
+#include <omp.h>
+
 #include <cstdint>
 #include <cstring>
 #include <new>
@@ -40,19 +42,17 @@ constexpr int64_t kMinBlockRows = 4;
 // one by one straight into y (no accumulator), so memory stays O(k) per thread.
 constexpr int64_t kMaxBlockK = int64_t{1} << 18;
 
-// Per-thread scratch of the blocked kernels, in floats: the accumulator [k, 16], one
-// transposed sub-tile [64, 16], and a hash tile's buckets and signs [s, 1024] (the row
-// path uses the bucket part for packed codes).
-struct BlockScratch {
-  int64_t acc, xt, bucket, sign, total;
-  BlockScratch(int64_t k, int64_t s, bool blocks) {
-    acc = 0;
-    xt = blocks ? k * kLanes : 0;
-    bucket = xt + kSubTile * kLanes;
-    sign = bucket + kHashTile * s;
-    total = sign + kHashTile * s;
-  }
-};
+// Column ranges. A row's sum is taken range by range: each range's partial sum starts
+// from +0 and the partials are added in range order. The ranges depend on k only, never
+// on the thread count, so results stay bitwise reproducible while a small batch can
+// spread its ranges over threads. Folding a partial costs 2 * 16 * k operations against
+// at least 16 * 64 * k for the range itself (at most ~3%). For p below kMinRange (and
+// k <= 2048) a row is a single range: the plain sum in column order.
+constexpr int64_t kMinRange = int64_t{1} << 17;
+inline int64_t range_width(int64_t k) {
+  const int64_t w = kMinRange > 64 * k ? kMinRange : 64 * k;
+  return (w + kHashTile - 1) / kHashTile * kHashTile;  // whole hash tiles
+}
 
 // Codes of columns [j0, j0 + n) for every replica, replica-major: bucket[r * n + c] and
 // sign[r * n + c] in {+1.0f, -1.0f}. Bit for bit SjltHash::code, in a loop the compiler
@@ -102,19 +102,18 @@ inline void scatter_one(float* y, uint32_t code, float v) {
   y[code & 0x7fffffffu] += sv;
 }
 
-// Rows that do not fill a block: one row alone, y[0, k) = S x for the n columns
-// column(0), ..., column(n - 1) of the row, with the blocked path's order and rounding.
-// `code` is scratch for kHashTile * s packed codes.
+// Rows that do not fill a block: one row alone. Adds S x into y[0, k) for the columns
+// column(j), j in [j0, j1) of the row (j0 a multiple of kHashTile), with the blocked
+// path's order and rounding. `code` is scratch for kHashTile * s packed codes.
 template <typename Tag, typename ColumnOf>
-inline void sketch_row(const typename Tag::storage* row, int64_t n, ColumnOf column, const SjltHash& hash,
-                       float scale, Tag tag, float* y, uint32_t* code) {
+inline void sketch_row_range(const typename Tag::storage* row, int64_t j0, int64_t j1, ColumnOf column,
+                             const SjltHash& hash, float scale, Tag tag, float* y, uint32_t* code) {
   const int64_t s = hash.s;
-  std::memset(y, 0, static_cast<size_t>(hash.k) * sizeof(float));
-  for (int64_t j0 = 0; j0 < n; j0 += kHashTile) {
-    const int64_t nh = n - j0 < kHashTile ? n - j0 : kHashTile;
-    hash_packed(hash, j0, nh, code);
+  for (int64_t t0 = j0; t0 < j1; t0 += kHashTile) {
+    const int64_t nh = j1 - t0 < kHashTile ? j1 - t0 : kHashTile;
+    hash_packed(hash, t0, nh, code);
     for (int64_t c = 0; c < nh; ++c) {
-      const float v = load_as_float(row, column(j0 + c), tag) * scale;
+      const float v = load_as_float(row, column(t0 + c), tag) * scale;
       for (int64_t r = 0; r < s; ++r) scatter_one(y, code[c * s + r], v);
     }
   }
@@ -373,6 +372,131 @@ inline void load_masked_tile(const typename Tag::storage* x, int64_t ld, int64_t
     const int64_t j = idx[c];
     for (int64_t i = 0; i < rows; ++i) col[i] = load_as_float(x + i * ld, j, tag) * scale;
     for (int64_t i = rows; i < kLanes; ++i) col[i] = 0.0f;
+  }
+}
+
+// ---- The driver shared by sjlt_cpu and masked_sjlt_cpu --------------------------------
+
+// Per-thread tile buffers: one transposed sub-tile and a hash tile's codes (bucket and
+// sign for blocks; packed codes, in `bucket`, for single rows).
+struct TileBuffers {
+  float* xt;         // [64, 16]
+  uint32_t* bucket;  // [s, 1024]
+  float* sign;       // [s, 1024]
+};
+inline int64_t tile_buffer_floats(int64_t s) { return kSubTile * kLanes + 2 * kHashTile * s; }
+inline TileBuffers tile_buffers(float* base, int64_t s) {
+  return {base, reinterpret_cast<uint32_t*>(base + kSubTile * kLanes), base + kSubTile * kLanes + kHashTile * s};
+}
+
+inline void add_into(float* dst, const float* src, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) dst[i] += src[i];
+}
+
+// Partial sums in flight when (group, range) pairs run in parallel: 64 MiB of floats.
+constexpr int64_t kSlotBudget = int64_t{1} << 24;
+
+// Sketches B rows of n columns into y [B, k], given
+//   block(b0, rows, j0, j1, acc, buf): adds columns [j0, j1) of rows b0 .. b0 + rows - 1
+//     into the interleaved accumulator acc [k, 16];
+//   row(b, j0, j1, yrow, buf): adds columns [j0, j1) of row b into yrow [k].
+// Rows form groups: blocks of 16 (and a last partial block of at least kMinBlockRows), or
+// single rows (fewer leftovers, or every row when k > kMaxBlockK). Each row's columns
+// form ranges (range_width); every output adds its ranges' partial sums in range order,
+// whichever thread computed them. Groups are spread over threads; when they are fewer
+// than the threads and rows have several ranges, (group, range) pairs are spread instead,
+// in waves whose partial sums fit kSlotBudget.
+template <typename Block, typename Row>
+void run_blocked(int64_t B, int64_t n, int64_t k, int64_t s, float* y, Block block, Row row) {
+  const bool blocks_allowed = k <= kMaxBlockK;
+  const int64_t full = blocks_allowed ? B / kLanes : 0, rem = B - full * kLanes;
+  const bool rem_as_block = blocks_allowed && rem >= kMinBlockRows;
+  const int64_t num_blocks = full + (rem_as_block ? 1 : 0);
+  const int64_t groups = num_blocks + (rem_as_block ? 0 : rem);
+  const int64_t width = range_width(k);
+  const int64_t ranges = n > width ? (n + width - 1) / width : 1;
+  const int64_t line = kLanes * k;                    // a block's accumulator, in floats
+  const int64_t slot = num_blocks > 0 ? line : k;     // room for any group's partial sums
+  const int threads = omp_get_max_threads();
+  auto range_end = [&](int64_t r) { return (r + 1) * width < n ? (r + 1) * width : n; };
+  // Group g: a block at row g * 16 (g < num_blocks), else the single row after the blocks.
+  auto block_rows = [&](int64_t g) { return B - g * kLanes < kLanes ? B - g * kLanes : kLanes; };
+  auto single_row = [&](int64_t g) { return num_blocks * kLanes + (g - num_blocks); };
+
+  if (ranges == 1 || groups >= threads) {
+    // Each group by one thread, its ranges folded in order.
+    const int64_t tiles = tile_buffer_floats(s);
+    const int64_t total_floats = num_blocks > 0 ? line : 0;
+    PerThread<float> scratch(tiles + total_floats + (ranges > 1 ? slot : 0));
+#pragma omp parallel num_threads(scratch.threads)
+    {
+      float* mine = scratch.mine();
+      const TileBuffers buf = tile_buffers(mine, s);
+      float* total = mine + tiles;
+      float* partial = total + total_floats;
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t g = 0; g < groups; ++g) {
+        const bool is_block = g < num_blocks;
+        const int64_t size = is_block ? line : k;
+        float* out = is_block ? total : y + single_row(g) * k;
+        std::memset(out, 0, static_cast<size_t>(size) * sizeof(float));
+        for (int64_t r = 0; r < ranges; ++r) {
+          float* dst = ranges == 1 ? out : partial;
+          if (ranges > 1) std::memset(dst, 0, static_cast<size_t>(size) * sizeof(float));
+          if (is_block)
+            block(g * kLanes, block_rows(g), r * width, range_end(r), dst, buf);
+          else
+            row(single_row(g), r * width, range_end(r), dst, buf);
+          if (ranges > 1) add_into(out, dst, size);
+        }
+        if (is_block) store_rows(total, k, block_rows(g), y + g * kLanes * k, k);
+      }
+    }
+    return;
+  }
+
+  // Few groups, several ranges: (group, range) pairs in parallel, folded in order.
+  const int64_t wave = kSlotBudget / (groups * slot) < 1 ? 1
+                       : (kSlotBudget / (groups * slot) < ranges ? kSlotBudget / (groups * slot) : ranges);
+  Scratch<float> totals(num_blocks * line);
+  Scratch<float> slots(groups * wave * slot);
+  PerThread<float> scratch(tile_buffer_floats(s));
+  constexpr int64_t kChunk = 4096;  // floats per fold work item
+  const int64_t chunks = (slot + kChunk - 1) / kChunk;
+#pragma omp parallel num_threads(scratch.threads)
+  {
+    const TileBuffers buf = tile_buffers(scratch.mine(), s);
+#pragma omp for schedule(static)
+    for (int64_t g = 0; g < groups; ++g) {
+      float* out = g < num_blocks ? totals.data + g * line : y + single_row(g) * k;
+      std::memset(out, 0, static_cast<size_t>(g < num_blocks ? line : k) * sizeof(float));
+    }
+    for (int64_t r0 = 0; r0 < ranges; r0 += wave) {
+      const int64_t nr = ranges - r0 < wave ? ranges - r0 : wave;
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t item = 0; item < groups * nr; ++item) {
+        const int64_t g = item / nr, r = r0 + item % nr;
+        float* dst = slots.data + item * slot;
+        std::memset(dst, 0, static_cast<size_t>(g < num_blocks ? line : k) * sizeof(float));
+        if (g < num_blocks)
+          block(g * kLanes, block_rows(g), r * width, range_end(r), dst, buf);
+        else
+          row(single_row(g), r * width, range_end(r), dst, buf);
+      }
+      // (the loop's barrier: every partial of this wave is in)
+#pragma omp for schedule(static)
+      for (int64_t item = 0; item < groups * chunks; ++item) {
+        const int64_t g = item / chunks, e0 = item % chunks * kChunk;
+        const int64_t size = g < num_blocks ? line : k;
+        if (e0 >= size) continue;
+        const int64_t ne = size - e0 < kChunk ? size - e0 : kChunk;
+        float* out = (g < num_blocks ? totals.data + g * line : y + single_row(g) * k) + e0;
+        for (int64_t q = 0; q < nr; ++q) add_into(out, slots.data + (g * nr + q) * slot + e0, ne);
+      }
+    }
+#pragma omp for schedule(static)
+    for (int64_t g = 0; g < num_blocks; ++g) store_rows(totals.data + g * line, k, block_rows(g), y + g * kLanes * k, k);
   }
 }
 

@@ -96,6 +96,27 @@ GRASS_TEST(large_k_equals_unfused) {
   EXPECT_TRUE(grass_test::bitwise_equal(run_fused(in, B, p, idx, params), run_unfused(in, B, p, idx, params)));
 }
 
+GRASS_TEST(column_ranges_equal_unfused_for_any_threads) {
+  // k' above one column range (2^17 masked columns): summed range by range, the same bits
+  // as the unfused composition, for 1 and 2 threads (B = 16 and B = 2 spread (row group,
+  // range) pairs over 2 threads).
+  const int64_t p = 350000, kp = 300000;  // three ranges: the fold order matters
+  std::vector<int64_t> idx(kp);
+  grass::random_mask_indices(p, kp, 31, idx.data());
+  for (int64_t B : {2, 16}) {
+    const grass_test::Input in = grass_test::random_input(B * p, 32 + B, grass::DType::F32);
+    const grass::SjltParams params = sjlt_params(100, 2, 33);
+    const int saved = omp_get_max_threads();
+    omp_set_num_threads(1);
+    const std::vector<float> one = run_fused(in, B, p, idx, params);
+    omp_set_num_threads(2);
+    const std::vector<float> two = run_fused(in, B, p, idx, params);
+    omp_set_num_threads(saved);
+    EXPECT_TRUE(grass_test::bitwise_equal(one, two));
+    EXPECT_TRUE(grass_test::bitwise_equal(two, run_unfused(in, B, p, idx, params)));
+  }
+}
+
 GRASS_TEST(empty_mask_gives_zeros) {
   const grass_test::Input in = grass_test::random_input(2 * 10, 1, grass::DType::F32);
   std::vector<float> y(2 * 8, 7.0f);

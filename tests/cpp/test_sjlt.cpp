@@ -289,6 +289,51 @@ GRASS_TEST(seeded_deterministic_thread_independent) {
   EXPECT_TRUE(same < static_cast<int64_t>(other.size()) / 10);
 }
 
+GRASS_TEST(column_ranges_reference_csr_and_threads) {
+  // p above one column range (2^17 columns for small k): rows are summed range by range.
+  // Against the reference; CSR (sorted) equals dense bit for bit; and the same bits for
+  // 1 and 2 threads, where B = 16 (one block) or B = 1 (one row) with 2 threads spreads
+  // (row group, range) pairs over the threads and B = 35 gives each thread whole groups.
+  const int64_t p = 300007, k = 64;
+  for (int64_t B : {1, 16, 35}) {
+    for (int64_t s : {1, 3}) {
+      const grass_test::Input in = grass_test::random_input(B * p, 200 + B + s, grass::DType::F32, 0.5);
+      const grass::SjltParams params = sjlt_params(k, s, 201);
+      const int saved = omp_get_max_threads();
+      omp_set_num_threads(1);
+      const std::vector<float> one = run_dense(in, B, p, params);
+      omp_set_num_threads(2);
+      const std::vector<float> two = run_dense(in, B, p, params);
+      omp_set_num_threads(saved);
+      EXPECT_TRUE(grass_test::bitwise_equal(one, two));
+      const auto ref = grass_test::apply_explicit(grass_test::explicit_sjlt(p, params), in.f32, B);
+      EXPECT_EQ(grass_test::count_mismatches(two, ref, "sjlt_cpu, several ranges"), 0);
+      const Csr c = to_csr(in.f32, B, p);
+      EXPECT_TRUE(grass_test::bitwise_equal(run_csr(c, B, p, params), two));
+    }
+  }
+  // Unsorted CSR rows across ranges: the same sum in another order.
+  const int64_t B = 3;
+  std::mt19937_64 rng(202);
+  std::normal_distribution<float> normal;
+  Csr c;
+  c.indptr.push_back(0);
+  std::vector<float> dense(B * p, 0.0f);
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t e = 0; e < 5000; ++e) {
+      const int64_t j = static_cast<int64_t>(rng() % p);
+      if (dense[b * p + j] != 0.0f) continue;  // no duplicates: the reference input is exact
+      c.indices.push_back(j);
+      c.values.push_back(normal(rng));
+      dense[b * p + j] = c.values.back();
+    }
+    c.indptr.push_back(static_cast<int64_t>(c.indices.size()));
+  }
+  const grass::SjltParams params = sjlt_params(k, 2, 203);
+  const auto ref = grass_test::apply_explicit(grass_test::explicit_sjlt(p, params), dense, B);
+  EXPECT_EQ(grass_test::count_mismatches(run_csr(c, B, p, params), ref, "sjlt_csr_cpu, unsorted"), 0);
+}
+
 GRASS_TEST(csr_column_indices_beyond_2_32) {
   // p = 2^33 + 5 columns: column indices need 64 bits; the kernel must hash the full
   // index (a truncated one would hash another column).

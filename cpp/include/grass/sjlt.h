@@ -29,9 +29,11 @@ void sjlt_codes(int64_t column_begin, int64_t count, const SjltParams& params,
 // ---- CPU (OpenMP) ----
 
 // y[b] = S x[b] for each row b. x is float32, float16 or bfloat16. Every output element
-// sums its terms in ascending column order in float32, so results are bitwise identical
-// across runs and thread counts, and equal to sjlt_csr_cpu on the same non-zeros (sorted
-// indices) and to float32 input holding the same values. Scratch: 64 * k bytes per thread.
+// sums its terms in float32 in a fixed order (ascending columns within ranges of
+// max(2^17, 64 k) columns, the ranges' partial sums in order; docs/cpu-kernels.md), so
+// results are bitwise identical across runs and thread counts, and equal to sjlt_csr_cpu
+// on the same non-zeros (sorted indices) and to float32 input holding the same values.
+// Scratch: about 64 * k bytes per thread (k <= 2^18), 4 * k above.
 void sjlt_cpu(const void* x /* [B, p] */, DType dtype, int64_t B, int64_t p,
               float* y /* [B, k] */, const SjltParams& params);
 
