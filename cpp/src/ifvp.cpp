@@ -9,9 +9,9 @@
 //   matrix with the same outer-product kernel (parallel over tiles). Blocks that carry
 //   a large share of the work are factored one at a time with the threads inside; the
 //   others one per thread.
-// cholesky_solve_cpu: per (block, group of kRhs right-hand sides): forward substitution
-//   in dot form (row i of L against the solved prefix), backward in axpy form (row i of
-//   L is column i of L^T), both reusing each row of L across the group.
+// cholesky_solve_cpu: per (block, group of kRhs right-hand sides), stored transposed so
+//   that the right-hand sides are the vector lanes: forward and backward substitution
+//   broadcast each element of L against the whole group, four rows of L at a time.
 //
 // Determinism: every output element is computed by one thread in a fixed order that
 // does not depend on the thread count.
