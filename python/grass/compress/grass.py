@@ -12,7 +12,7 @@ import torch
 from .. import ops
 from ..layers import LayerInfo
 from .base import Compressor, CompressorSpec
-from .mask import FlatMask, fit_data_flat, gather_factors, _expect_keys
+from .mask import FlatMask, fit_data_flat, gather_factors, split_indices, _expect_keys
 from .selective import MaskFit, learn_flat_mask
 from .sketch import _check_s
 
@@ -83,8 +83,9 @@ class GraSSCompressor(Compressor):
         return self._scaled(y)
 
     def _compress_factors(self, a, g):
-        idx = self._cached("idx", a.device, lambda: self.mask.indices)
-        z = gather_factors(a, g, idx, self.info.bias)
+        pairs = self._cached("pairs", a.device, lambda: split_indices(
+            self.mask.indices, self.info.d_in + int(self.info.bias)))
+        z = gather_factors(a, g, None, self.info.bias, pairs)
         return self._scaled(ops.sjlt(z, self.k, s=self.s, seed=self.seed,
                                      deterministic=self.deterministic))
 

@@ -22,9 +22,9 @@ from .base import Compressor, CompressorSpec, split_factors
 from .selective import MaskFit, learn_factor_masks, learn_flat_mask
 
 __all__ = ["RandomMask", "SelectiveMask", "MaskCompressor", "FactorMaskCompressor",
-           "kron_indices", "gather_factors", "FlatMask", "FactorMask"]
+           "kron_indices", "gather_factors", "split_indices", "FlatMask", "FactorMask"]
 
-_GATHER_BLOCK = 1 << 24  # elements of [B, T, chunk] products formed at once
+_GATHER_BLOCK = 1 << 22  # elements of [B, chunk, T] products formed at once
 
 
 def augment(a: torch.Tensor, bias: bool) -> torch.Tensor:
@@ -38,18 +38,33 @@ def kron_indices(idx_in: torch.Tensor, idx_out: torch.Tensor, d_in: int) -> torc
     return (idx_out[:, None] * int(d_in) + idx_in[None, :]).reshape(-1)
 
 
-def gather_factors(a: torch.Tensor, g: torch.Tensor, idx: torch.Tensor, bias: bool) -> torch.Tensor:
+def split_indices(idx: torch.Tensor, d_in: int) -> torch.Tensor:
+    """Flat indices o*d_in + i as a [2, k'] tensor of (o, i)."""
+    return torch.stack([idx // int(d_in), idx % int(d_in)])
+
+
+def gather_factors(a: torch.Tensor, g: torch.Tensor, idx: torch.Tensor, bias: bool,
+                   pairs: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Coordinates ``idx`` of kron(a, g, bias) without forming it: a [B, T, d_in],
-    g [B, T, d_out], idx int64 [k'] (flat, o*d_in' + i) -> [B, k'] float32."""
+    g [B, T, d_out], idx int64 [k'] (flat, o*d_in' + i) -> [B, k'] float32.
+    ``pairs``: ``split_indices(idx, d_in')`` if already at hand (on a's device)."""
     a = augment(a, bias)
-    d_in = a.shape[-1]
-    B, T = a.shape[0], a.shape[1]
-    out = torch.empty(B, idx.numel(), device=a.device, dtype=torch.float32)
+    B, T, d_in = a.shape
+    if pairs is None:
+        pairs = split_indices(idx, d_in)
+    o, i = pairs[0], pairs[1]
+    if T == 1:  # one token: a product, no reduction
+        return torch.index_select(g[:, 0], 1, o).float().mul_(torch.index_select(a[:, 0], 1, i).float())
+    # Tokens last, so each gathered coordinate is a contiguous run of T values.
+    a_t = a.transpose(1, 2).float().contiguous()  # [B, d_in', T]
+    g_t = g.transpose(1, 2).float().contiguous()  # [B, d_out, T]
+    n = o.numel()
+    out = torch.empty(B, n, device=a.device, dtype=torch.float32)
     step = max(1, _GATHER_BLOCK // max(1, B * T))
-    for j0 in range(0, idx.numel(), step):
-        j = idx[j0:j0 + step]
-        prod = g[:, :, j // d_in].float() * a[:, :, j % d_in].float()
-        torch.sum(prod, dim=1, out=out[:, j0:j0 + step])
+    for j0 in range(0, n, step):
+        prod = torch.index_select(g_t, 1, o[j0:j0 + step])
+        prod.mul_(torch.index_select(a_t, 1, i[j0:j0 + step]))
+        torch.sum(prod, dim=2, out=out[:, j0:j0 + step])
     return out
 
 
@@ -187,7 +202,9 @@ class MaskCompressor(Compressor):
         return y.mul_(self.mask.scale) if self.mask.scale != 1.0 else y
 
     def _compress_factors(self, a, g):
-        y = gather_factors(a, g, self._index(a.device), self.info.bias)
+        pairs = self._cached("pairs", a.device, lambda: split_indices(
+            self.mask.indices, self.info.d_in + int(self.info.bias)))
+        y = gather_factors(a, g, None, self.info.bias, pairs)
         return y.mul_(self.mask.scale) if self.mask.scale != 1.0 else y
 
     def fit(self, train, test=None, *, seed: Optional[int] = None) -> dict:
