@@ -248,6 +248,32 @@ def test_layer_called_twice_and_keyword_input(gen):
         assert rel(got[name], ref[name]) < 1e-5
 
 
+def test_in_place_ops_after_a_linear_layer(gen):
+    """ReLU(inplace=True) and += rewrite a linear layer's output in place; the captured g
+    must still be the gradient of the layer's own output."""
+    class InPlace(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1 = nn.Linear(5, 8)
+            self.act = nn.ReLU(inplace=True)
+            self.fc2 = nn.Linear(8, 8)
+            self.out = nn.Linear(8, 3)
+
+        def forward(self, x):
+            h = self.act(self.fc1(x))
+            y = self.fc2(h)
+            y += h  # residual added in place
+            return self.out(y)
+
+    model = InPlace()
+    batch = (torch.randn(6, 5, generator=gen), torch.randint(0, 3, (6,), generator=gen))
+    cap = GradientCapture(model, ce)
+    got = cap.compressed(batch, C.Identity().build(cap.layers))
+    ref = reference_per_sample(model, ce, batch, cap)
+    for name in ref:
+        assert rel(got[name], ref[name]) < 1e-5, name
+
+
 def test_unused_layer_gives_zero(gen):
     class Skip(nn.Module):
         def __init__(self):
