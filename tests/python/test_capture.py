@@ -274,6 +274,24 @@ def test_in_place_ops_after_a_linear_layer(gen):
         assert rel(got[name], ref[name]) < 1e-5, name
 
 
+def test_input_modified_in_place_is_an_error(gen):
+    class Clobber(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x):
+            h = x * 1.0
+            y = self.fc(h)
+            h.mul_(2)  # the layer's input changes after the layer read it
+            return y + h[:, :3]
+
+    cap = GradientCapture(Clobber(), ce)
+    batch = (torch.randn(3, 4, generator=gen), torch.randint(0, 3, (3,), generator=gen))
+    with pytest.raises(RuntimeError, match="modified in place"):
+        cap.factors(batch)
+
+
 def test_unused_layer_gives_zero(gen):
     class Skip(nn.Module):
         def __init__(self):

@@ -47,7 +47,7 @@ class FactorRecorder:
             if info.kind != "linear":
                 raise ValueError(f"FactorRecorder takes linear layers only, got {info.name!r} ({info.kind})")
         self.entries = list(entries)
-        self.calls: Dict[str, list] = {}  # layer -> [(a, edge or None, output shape, dtype)]
+        self.calls: Dict[str, list] = {}  # layer -> [(a, a's version, edge, y's shape, y's dtype)]
         self._handles = []
 
     def __enter__(self) -> "FactorRecorder":
@@ -68,8 +68,8 @@ class FactorRecorder:
             if not isinstance(output, torch.Tensor):
                 raise TypeError(f"linear layer {name!r} returned {type(output).__name__}, not a tensor")
             edge = get_gradient_edge(output) if output.requires_grad else None
-            calls[name].append((_layer_input(name, args, kwargs).detach(), edge,
-                                tuple(output.shape), output.dtype))
+            a = _layer_input(name, args, kwargs).detach()
+            calls[name].append((a, a._version, edge, tuple(output.shape), output.dtype))
         return hook
 
     def factors(self, total: torch.Tensor, batch_size: int) -> Dict[str, Tuple[torch.Tensor, torch.Tensor]]:
@@ -78,7 +78,12 @@ class FactorRecorder:
         gradients add up); a layer that was not called gets zero factors with T = 1."""
         edges = []
         for info, _ in self.entries:
-            for _, edge, _, _ in self.calls[info.name]:
+            for a, version, edge, _, _ in self.calls[info.name]:
+                if a._version != version:
+                    raise RuntimeError(
+                        f"the input of linear layer {info.name!r} was modified in place after the "
+                        "layer read it, so its captured value is no longer the layer's input; "
+                        "avoid in-place ops on tensors that feed linear layers")
                 if edge is None:
                     raise RuntimeError(
                         f"the output of linear layer {info.name!r} does not require grad, so its "
@@ -91,7 +96,7 @@ class FactorRecorder:
         B = int(batch_size)
         for info, _ in self.entries:
             a_parts, g_parts = [], []
-            for a, _, shape, dtype in self.calls[info.name]:
+            for a, _, _, shape, dtype in self.calls[info.name]:
                 g = next(it)
                 if g is None:  # the output did not reach the loss
                     g = torch.zeros(shape, dtype=dtype, device=a.device)
