@@ -9,7 +9,7 @@ docs/capture.md.
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import torch
 from torch import nn

@@ -12,7 +12,7 @@ per-sample gradient nor ``weight.grad`` is ever computed.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, Sequence, Tuple
 
 import torch
 from torch import nn

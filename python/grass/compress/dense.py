@@ -10,7 +10,6 @@ Rademacher +-1/sqrt(k)), so E||Px||^2 = ||x||^2 and inner products are unbiased.
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 

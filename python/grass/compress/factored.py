@@ -19,8 +19,6 @@ from __future__ import annotations
 
 from typing import Optional
 
-import torch
-
 from .. import ops
 from ..layers import LayerInfo, derive_seed
 from .base import Compressor, CompressorSpec, _check_k, split_factors
