@@ -9,6 +9,7 @@ docs/capture.md.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import torch
@@ -21,6 +22,10 @@ from .hooks import FactorRecorder
 from .select import discover_layers
 
 __all__ = ["GradientCapture", "BatchDependenceError"]
+
+
+# Modules whose training-mode forward makes a sample's output depend on its batch.
+_BATCH_DEPENDENT = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
 
 
 class BatchDependenceError(ValueError):
@@ -88,6 +93,7 @@ class GradientCapture:
         self._entries: List[Tuple[LayerInfo, nn.Module]] = discover_layers(
             model, layers, include_flat=include_flat)
         self.layers: List[LayerInfo] = [info for info, _ in self._entries]
+        self._warned = False
 
     def __repr__(self) -> str:
         kinds = ", ".join(f"{i.name}:{i.kind}" for i in self.layers)
@@ -207,6 +213,7 @@ class GradientCapture:
                                  f"({cinfo}); expected {info}")
 
     def _factors(self, batch, fn, entries):
+        self._warn_training_mode()
         B = batch_size(batch)
         with preserved_buffers(self.model), FactorRecorder(entries) as rec:
             losses = _check_losses(fn(self.model, batch), B)
@@ -216,10 +223,24 @@ class GradientCapture:
         with preserved_buffers(self.model):
             return per_sample_grads(self.model, fn, batch, entries, chunk_size=self.chunk_size)
 
+    def _suspects(self) -> List[str]:
+        return [f"{n!r} ({type(m).__name__})" for n, m in self.model.named_modules()
+                if m.training and isinstance(m, _BATCH_DEPENDENT)]
+
+    def _warn_training_mode(self) -> None:
+        # Once per capture: the hooks run the batch as it is, so BatchNorm or dropout in
+        # training mode would silently mix samples (torch.func refuses them by itself).
+        if self._warned:
+            return
+        found = self._suspects()
+        if found:
+            self._warned = True
+            warnings.warn(f"modules in training mode make per-sample gradients depend on the batch: "
+                          f"{', '.join(found)}; call model.eval() before capturing gradients",
+                          stacklevel=4)
+
     def _suspects_hint(self) -> str:
-        found = [f"{n!r} ({type(m).__name__})" for n, m in self.model.named_modules()
-                 if m.training and isinstance(m, (nn.modules.batchnorm._BatchNorm,
-                                                  nn.modules.dropout._DropoutNd))]
+        found = self._suspects()
         if not found:
             return ""
         return (f" Likely cause: modules in training mode: {', '.join(found)}. Call model.eval() "
