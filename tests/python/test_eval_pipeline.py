@@ -79,7 +79,10 @@ def test_compression_time_captures_the_true_per_sample_gradients(ctx):
              for n in ("RandomMask", "Gaussian", "FactGraSS")}
     t = methods.compression_time(model, comps, s.x_train[:100], s.y_train[:100], repeats=2,
                                  progress=False)
-    assert set(t) == set(comps) and all(len(v["runs_s"]) == 2 and v["median_s"] > 0 for v in t.values())
+    assert set(t) == set(comps)
+    for v in t.values():
+        assert set(v) == {"gradient", "factors"}
+        assert all(len(m["runs_s"]) == 2 and m["median_s"] > 0 for m in v.values())
 
 
 def test_mislabel_detection_with_grass_matches_exact_influence(ctx):

@@ -111,9 +111,11 @@ class Run:
         self._train = batches(self.x_train, self.y_train, self.batch_size)
         if self.method.kind == "trak":
             from ..score import TRAK
+            # One kernel block per layer, like the influence rows: TRAK's single K x K kernel
+            # over all layers costs a Cholesky of (sum of k_l)^3, out of reach at k = 8192 on CPU.
             self.engine = TRAK(self.model, _margin_output, self.spec, store=self.run_dir,
                                checkpoints=self.checkpoints, layers=self.layers,
-                               progress=self.progress)
+                               block_diagonal=True, progress=self.progress)
         else:
             from ..attributor import Attributor
             self.engine = Attributor(self.model, self.loss_fn, compressor=self.spec,
@@ -189,31 +191,38 @@ def _capture_factors(model, loss_fn, infos, modules, x, y, batch_size):
     return out
 
 
-def _has_factor_path(compressor) -> bool:
-    """True when a compressor works on a linear layer's factors without forming its
-    gradient (it overrides the generic kron-then-compress path)."""
-    from ..compress.base import Compressor
-    return type(compressor)._compress_factors is not Compressor._compress_factors
+MODES = ("gradient", "factors")
 
 
 def compression_time(model: nn.Module, compressors: Dict[str, Dict[str, object]],
                      x: torch.Tensor, y: torch.Tensor, loss_fn: Callable = cross_entropy,
                      layers=None, batch_size: int = 500, repeats: int = 3,
-                     budget_s: float = 60.0, progress: bool = True) -> Dict[str, dict]:
+                     budget_s: float = 60.0, modes: Sequence[str] = MODES,
+                     progress: bool = True) -> Dict[str, Dict[str, dict]]:
     """Seconds each compressor takes to compress the per-sample gradients of (x, y).
 
     ``compressors``: {label: {layer name: Compressor}} (built by a spec's ``build``).
-    The backward pass is done once, untimed, for all. Flat compressors are timed on the
-    per-sample gradients (formed untimed by ``grass.ops.kron``), factored ones on the
-    factors. Repeats run round-robin over the compressors so that machine load affects
-    all alike; a compressor whose first pass exceeds ``budget_s`` is not repeated.
-    Returns {label: {"median_s", "runs_s"}}.
+    The backward pass is done once, untimed, for all. Two modes:
+
+    * ``"gradient"``: ``compress`` on each layer's per-sample gradient [B, p] (formed
+      untimed by ``grass.ops.kron``), as when gradients come as vectors (the paper's setting);
+    * ``"factors"``: ``compress_factors`` on the layer's inputs and output gradients, as the
+      pipeline's capture calls it (methods without a factored path form the gradient
+      inside, and that is timed).
+
+    Every round times all compressors on the same batch (in a rotating order) before moving
+    to the next batch, so machine load affects all alike; one whose round exceeds
+    ``budget_s`` is not repeated. Returns
+    {label: {mode: {"median_s", "runs_s"}}}.
     """
     from tqdm.auto import tqdm
 
     from .. import ops
     from ..capture.select import discover_layers
 
+    bad = [m for m in modes if m not in MODES]
+    if bad or not modes:
+        raise ValueError(f"modes must be a non-empty subset of {MODES}, got {list(modes)}")
     pairs = discover_layers(model, layers, include_flat=False)
     infos = [i for i, _ in pairs]
     if any(i.kind != "linear" for i in infos):
@@ -224,32 +233,35 @@ def compression_time(model: nn.Module, compressors: Dict[str, Dict[str, object]]
         factors = _capture_factors(model, loss_fn, infos, [m for _, m in pairs], x, y, batch_size)
     finally:
         model.train(was)
-    runs: Dict[str, List[float]] = {label: [] for label in compressors}
+    labels = list(compressors)
+    runs: Dict[tuple, List[float]] = {(label, mode): [] for label in labels for mode in modes}
     skip = set()
-    total = len(compressors) * repeats
-    with tqdm(total=total, desc="timing compressors", unit="pass", dynamic_ncols=True,
+    with tqdm(total=repeats, desc="timing compressors", unit="round", dynamic_ncols=True,
               disable=not progress) as bar:
         for r in range(repeats):
-            for label, comps in compressors.items():
-                if label in skip:
-                    bar.update(1)
-                    continue
-                elapsed = 0.0
-                for batch in factors:
-                    for info in infos:
-                        a, g = batch[info.name]
-                        c = comps[info.name]
-                        if _has_factor_path(c):
+            elapsed = {key: 0.0 for key in runs if key not in skip}
+            order = labels[r % len(labels):] + labels[:r % len(labels)]  # rotate: no fixed order bias
+            for batch in factors:
+                for info in infos:
+                    a, g = batch[info.name]
+                    # formed once per batch and layer, untimed, shared by every compressor
+                    grad = ops.kron(a, g, bias=info.bias) if "gradient" in modes else None
+                    for label in order:
+                        c = compressors[label][info.name]
+                        for mode in modes:
+                            if (label, mode) in skip:
+                                continue
                             t = time.perf_counter()
-                            c.compress_factors(a, g)
-                            elapsed += time.perf_counter() - t
-                        else:
-                            grad = ops.kron(a, g, bias=info.bias)
-                            t = time.perf_counter()
-                            c.compress(grad)
-                            elapsed += time.perf_counter() - t
-                runs[label].append(elapsed)
-                if elapsed > budget_s:
-                    skip.add(label)
-                bar.update(1)
-    return {label: {"median_s": statistics.median(v), "runs_s": v} for label, v in runs.items()}
+                            if mode == "factors":
+                                c.compress_factors(a, g)
+                            else:
+                                c.compress(grad)
+                            elapsed[(label, mode)] += time.perf_counter() - t
+            for key, sec in elapsed.items():
+                runs[key].append(sec)
+                if sec > budget_s:
+                    skip.add(key)
+            bar.update(1)
+    return {label: {mode: {"median_s": statistics.median(runs[(label, mode)]),
+                           "runs_s": runs[(label, mode)]} for mode in modes}
+            for label in compressors}
