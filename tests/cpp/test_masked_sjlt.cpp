@@ -96,6 +96,30 @@ GRASS_TEST(large_k_equals_unfused) {
   EXPECT_TRUE(grass_test::bitwise_equal(run_fused(in, B, p, idx, params), run_unfused(in, B, p, idx, params)));
 }
 
+GRASS_TEST(dense_masks_read_x_tile_by_tile) {
+  // Sorted masks keeping at least 1 column in 16 take the tile-by-tile path (full blocks
+  // of 16 rows): every other column plus the last one, whose 16-column tile is partial
+  // (p = 1001), for each dtype and s = 1, 2.
+  const int64_t p = 1001;
+  std::vector<int64_t> idx;
+  for (int64_t j = 0; j < p - 1; j += 2) idx.push_back(j);
+  idx.push_back(p - 1);
+  for (grass::DType dt : {grass::DType::F32, grass::DType::F16, grass::DType::BF16}) {
+    for (int64_t s : {1, 2}) {
+      const int64_t B = 21;
+      const grass_test::Input in = grass_test::random_input(B * p, 40 + s, dt, 0.1);
+      const grass::SjltParams params = sjlt_params(48, s, 41);
+      const std::vector<float> y = run_fused(in, B, p, idx, params);
+      EXPECT_TRUE(grass_test::bitwise_equal(y, run_unfused(in, B, p, idx, params)));
+      std::vector<float> masked(B * idx.size());
+      for (int64_t b = 0; b < B; ++b)
+        for (size_t j = 0; j < idx.size(); ++j) masked[b * idx.size() + j] = in.f32[b * p + idx[j]];
+      const auto ref = grass_test::apply_explicit(grass_test::explicit_sjlt(idx.size(), params), masked, B);
+      EXPECT_EQ(grass_test::count_mismatches(y, ref, "masked_sjlt_cpu, dense mask"), 0);
+    }
+  }
+}
+
 GRASS_TEST(column_ranges_equal_unfused_for_any_threads) {
   // k' above one column range (2^17 masked columns): summed range by range, the same bits
   // as the unfused composition, for 1 and 2 threads (B = 16 and B = 2 spread (row group,
