@@ -108,7 +108,7 @@ def test_removal_study_uses_rankings_and_resumes_from_cache(ctx, tmp_path, monke
     kw = dict(fractions=[0.3], seeds=2, cache_dir=str(tmp_path), progress=False)
     res = removal.run_removal(s, ctx.spec, TINY.train, {"exact": order}, group, **kw)
     summ = removal.summarise_removal(res)
-    assert summ["exact"][0.3]["n"] == 2 and summ["random"][0.3]["n"] == 2
+    assert summ["exact"][0.3]["n"] == 2 and summ["random"][0.3]["n"] == 2 and summ["none"][0.0]["n"] == 2
     # removing the most helpful 30% hurts the group more than removing 30% at random
     assert summ["exact"][0.3]["max"] < summ["random"][0.3]["min"], summ
 

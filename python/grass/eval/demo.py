@@ -196,7 +196,8 @@ def _run(args) -> int:
             _say(f"  {label:<16} AUC {rep['auc']:.3f}; inspecting the top 10% finds "
                  f"{rep['found@0.1']:.0%} of the flipped labels, the top 20% finds {rep['found@0.2']:.0%}")
         mislabel_png = plots.detection_curves(curves, os.path.join(args.out, "mislabel.png"),
-                                              title="mislabel detection by self-influence", aucs=aucs)
+                                              title="mislabel detection by self-influence", aucs=aucs,
+                                              flipped_fraction=0.2)
 
     _header("Plots")
     for p in (grid_png, frontier_png, mislabel_png):

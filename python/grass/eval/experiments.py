@@ -229,9 +229,11 @@ def cmd_lds_table(args) -> int:
     for r in rows:
         if r["method"] != "influence":
             continue
-        t = timings[r["k"]]["timings"][r["compressor"]]["gradient"]["median_s"]
-        pts.append({"method": r["compressor"], "k": r["k"], "time": t, "lds": r["lds"]["mean"],
-                    "low": r["lds"]["low"], "high": r["lds"]["high"]})
+        for mode, panel in (("gradient", "from per-sample gradients"),
+                            ("factors", "from layer inputs and output gradients (as cached)")):
+            t = timings[r["k"]]["timings"][r["compressor"]][mode]["median_s"]
+            pts.append({"method": r["compressor"], "k": r["k"], "time": t, "lds": r["lds"]["mean"],
+                        "low": r["lds"]["low"], "high": r["lds"]["high"], "panel": panel})
     ref = [{"method": n, "time": v["time"], "lds": v["lds"]} for n, v in PUBLISHED_MNIST_MLP.items()
            if preset.dataset == "mnist" and n in args.compressors]
     if pts:
@@ -384,7 +386,8 @@ def cmd_mislabel(args) -> int:
     path = os.path.join(args.img, f"mislabel_{preset.dataset}.png")
     plots.detection_curves(curves, path, title=f"Mislabel detection by self-influence ({preset.dataset}, "
                            f"k = {args.k})", aucs={("uncompressed IF" if n == "exact" else n): r["self"]["auc"]
-                                                   for n, r in results.items()})
+                                                   for n, r in results.items()},
+                           flipped_fraction=args.fraction)
     print(f"wrote {path}")
     print(md)
     return 0
@@ -461,17 +464,18 @@ def cmd_removal(args) -> int:
         res = removal.run_removal(s, ctx.spec, preset.train, rankings, group, args.fractions,
                                   args.seeds, os.path.join(out, "retrain"), target=preset.target,
                                   loss_fn=ctx.loss_fn, progress=not args.quiet)
-    acc_before = objectives.accuracy(model, xg, yg)
     summ = removal.summarise_removal(res, "accuracy")
+    base = summ.pop("none")[0.0]
     lines = [f"Accuracy on a group of {len(group)} test examples after removing the training "
              f"examples most helpful to the group (by each method, k = {args.k}) or random ones, "
-             f"retrained with {args.seeds} seeds; mean ± std [min, max]. Before removal: "
-             f"{acc_before:.3f}.", "",
-             "| removed | " + " | ".join(summ) + " |", "|---|" + "---|" * len(summ)]
+             f"retrained with {args.seeds} seeds; mean ± std [min, max]. Without removal (same "
+             f"seeds): {base['mean']:.3f} ± {base['std']:.3f} [{base['min']:.3f}, {base['max']:.3f}].",
+             "", "| removed | " + " | ".join(summ) + " |", "|---|" + "---|" * len(summ)]
     for f in args.fractions:
         cells = [f"{summ[n][f]['mean']:.3f} ± {summ[n][f]['std']:.3f} [{summ[n][f]['min']:.3f}, "
                  f"{summ[n][f]['max']:.3f}]" for n in summ]
         lines.append(f"| {f:.0%} | " + " | ".join(cells) + " |")
+    acc_before = base["mean"]
     md = "\n".join(lines) + "\n"
     _write(out, "results", md, {"summary": {n: {str(f): v for f, v in d.items()} for n, d in summ.items()},
                                 "before": acc_before, "raw": {n: {str(f): v for f, v in d.items()} for n, d in res.items()}})
@@ -520,8 +524,8 @@ def cmd_lora(args) -> int:
              f"{args.pretrain} Fashion-MNIST images, fine-tuned (adapters only, {n_adapter} "
              f"parameters) on {s.n_train} MNIST digits with {args.fraction:.0%} of the labels "
              f"flipped; test accuracy {acc:.3f}. Attribution restricted to the adapter matrices "
-             f"({len(layers)} layers), default damping, k = {args.k} per layer (capped at the "
-             "layer size).", "",
+             f"({len(layers)} layers), default damping, k = {args.k} per layer (an adapter matrix "
+             "with at most k entries is kept whole).", "",
              "| method | self-influence AUC | top 10% | top 20% | validation-harm AUC |", "|---|---|---|---|---|"]
     for name, r in results.items():
         label = "uncompressed (Identity)" if name == "Identity" else name
@@ -532,7 +536,8 @@ def cmd_lora(args) -> int:
     curves = {n: (np.array(r["curve"][0]), np.array(r["curve"][1])) for n, r in results.items()}
     path = os.path.join(args.img, "mislabel_lora.png")
     plots.detection_curves(curves, path, title="Mislabel detection, LoRA adapters only",
-                           aucs={n: r["self"]["auc"] for n, r in results.items()})
+                           aucs={n: r["self"]["auc"] for n, r in results.items()},
+                           flipped_fraction=args.fraction)
     print(f"wrote {path}")
     print(md)
     return 0

@@ -44,36 +44,45 @@ def _colour(name: str):
 
 def frontier(rows: Sequence[dict], path: str, title: str = "LDS vs compression time",
              reference: Optional[Sequence[dict]] = None) -> str:
-    """rows: {"method", "k", "time", "lds", "low", "high"}; points of one method are joined
-    in order of k. ``reference``: published {"method", "time", "lds"} drawn hollow."""
+    """rows: {"method", "k", "time", "lds", "low", "high"[, "panel"]}; points of one method
+    are joined in order of k; rows with different "panel" values go to side-by-side
+    panels (titled by the value). ``reference``: published {"method", "time", "lds"} drawn
+    hollow on every panel."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    by: Dict[str, List[dict]] = {}
+    panels: Dict[str, List[dict]] = {}
     for r in rows:
-        by.setdefault(r["method"], []).append(r)
-    for name, rs in by.items():
-        rs = sorted(rs, key=lambda r: r.get("k") or 0)
-        t = np.array([r["time"] for r in rs])
-        y = np.array([r["lds"] for r in rs])
-        err = np.array([[r["lds"] - r.get("low", r["lds"]) for r in rs],
-                        [r.get("high", r["lds"]) - r["lds"] for r in rs]])
-        c = _colour(name)
-        ax.errorbar(t, y, yerr=err, fmt="-o", color=c, label=name, ms=4, capsize=2, lw=1)
-        for r in rs:
-            if r.get("k"):
-                ax.annotate(f"{r['k']}", (r["time"], r["lds"]), fontsize=6,
-                            xytext=(3, 3), textcoords="offset points", color=c)
-    for r in reference or []:
-        ax.scatter([r["time"]], [r["lds"]], facecolors="none", edgecolors=_colour(r["method"]),
-                   marker="s", s=40)
-    if reference:
-        ax.scatter([], [], facecolors="none", edgecolors="grey", marker="s", label="published (GPU)")
-    ax.set_xscale("log")
-    ax.set_xlabel("compression time (s, log scale)")
-    ax.set_ylabel("LDS (95% bootstrap CI)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7, ncol=2)
+        panels.setdefault(r.get("panel", ""), []).append(r)
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), squeeze=False,
+                             sharey=True)
+    for ax, (panel, prow) in zip(axes[0], panels.items()):
+        by: Dict[str, List[dict]] = {}
+        for r in prow:
+            by.setdefault(r["method"], []).append(r)
+        for name, rs in by.items():
+            rs = sorted(rs, key=lambda r: r.get("k") or 0)
+            t = np.array([r["time"] for r in rs])
+            y = np.array([r["lds"] for r in rs])
+            err = np.array([[r["lds"] - r.get("low", r["lds"]) for r in rs],
+                            [r.get("high", r["lds"]) - r["lds"] for r in rs]])
+            c = _colour(name)
+            ax.errorbar(t, y, yerr=err, fmt="-o", color=c, label=name, ms=4, capsize=2, lw=1)
+            for r in rs:
+                if r.get("k"):
+                    ax.annotate(f"{r['k']}", (r["time"], r["lds"]), fontsize=6,
+                                xytext=(3, 3), textcoords="offset points", color=c)
+        for r in reference or []:
+            ax.scatter([r["time"]], [r["lds"]], facecolors="none", edgecolors=_colour(r["method"]),
+                       marker="s", s=40)
+        if reference:
+            ax.scatter([], [], facecolors="none", edgecolors="grey", marker="s",
+                       label="published (GPU, k = 4096)")
+        ax.set_xscale("log")
+        ax.set_xlabel("compression time (s, log scale)")
+        ax.set_title(panel, fontsize=9)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7, ncol=2)
+    axes[0][0].set_ylabel("LDS (95% bootstrap CI)")
+    fig.suptitle(title, fontsize=10)
     return _save(fig, path)
 
 
@@ -114,14 +123,18 @@ def influence_grid(test_images, test_labels, train_images, train_labels, helpful
 
 
 def detection_curves(curves: Dict[str, Tuple[np.ndarray, np.ndarray]], path: str,
-                     title: str = "mislabel detection", aucs: Optional[Dict[str, float]] = None) -> str:
-    """curves: {name: (fraction inspected, fraction found)}; a random ranking is the diagonal."""
+                     title: str = "mislabel detection", aucs: Optional[Dict[str, float]] = None,
+                     flipped_fraction: Optional[float] = None) -> str:
+    """curves: {name: (fraction inspected, fraction found)}; a random ranking is the
+    diagonal, a perfect one reaches 1 at ``flipped_fraction``."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5, 4))
     for name, (x, y) in curves.items():
         label = name if aucs is None or name not in aucs else f"{name} (AUC {aucs[name]:.3f})"
         ax.plot(x, y, label=label, color=_colour(name), lw=1.2)
     ax.plot([0, 1], [0, 1], "--", color="grey", lw=0.8, label="random")
+    if flipped_fraction:
+        ax.plot([0, flipped_fraction, 1], [0, 1, 1], ":", color="black", lw=0.8, label="perfect")
     ax.set_xlabel("fraction of training data inspected")
     ax.set_ylabel("fraction of flipped labels found")
     ax.set_title(title)
@@ -162,10 +175,10 @@ def removal(summary: Dict[str, Dict[float, dict]], path: str, ylabel: str = "tes
         lo = np.array([by_f[f]["min"] for f in fs])
         hi = np.array([by_f[f]["max"] for f in fs])
         c = "grey" if name == "random" else _colour(name)
-        ax.errorbar(np.array(fs) * 100, m, yerr=[m - lo, hi - m], fmt="-o", color=c, label=name,
+        ax.errorbar(np.array(fs) * 100, m, yerr=[m - lo, hi - m], fmt="o", color=c, label=name,
                     capsize=3, ms=4, lw=1, ls="--" if name == "random" else "-")
     if before is not None:
-        ax.axhline(before, color="black", lw=0.7, ls=":", label="no removal")
+        ax.axhline(before, color="black", lw=0.7, ls=":", label="no removal (same seeds)")
     ax.set_xlabel("training examples removed (% of the training set)")
     ax.set_ylabel(ylabel + " (mean, min–max over seeds)")
     ax.set_title(title)

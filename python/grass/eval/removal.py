@@ -45,7 +45,8 @@ def run_removal(split: Split, spec: dict, train_config: TrainConfig, rankings: D
     first) and without a random ``fraction`` (``"random"``), ``seeds`` times each.
 
     Returns {ranking: {fraction: [{"seed", "accuracy", "target"} per seed]}}, accuracy and
-    mean target over the test examples ``test_index``. Seed r uses the same initial weights
+    mean target over the test examples ``test_index``, plus ``"none"`` ({0.0: ...}): the
+    full training set retrained with the same seeds. Seed r uses the same initial weights
     and batch-order seed for every ranking, so rankings differ only in what is removed.
     """
     n = split.n_train
@@ -53,21 +54,26 @@ def run_removal(split: Split, spec: dict, train_config: TrainConfig, rankings: D
         order = np.asarray(order)
         if order.shape != (n,) or not np.array_equal(np.sort(order), np.arange(n)):
             raise ValueError(f"ranking {name!r} must be a permutation of the {n} training indices")
-    if "random" in rankings:
-        raise ValueError("'random' is reserved for the random-removal baseline")
+    if "random" in rankings or "none" in rankings:
+        raise ValueError("'random' and 'none' are reserved for the baselines (random removal, "
+                         "no removal)")
     config = {"data": split.fingerprint(), "model": spec, "train": train_config.to_dict(),
               "test_index": [int(i) for i in test_index], "target": target,
               "base_seed": base_seed, "loss": getattr(loss_fn, "__name__", repr(loss_fn))}
     cache = JobCache(cache_dir, config) if cache_dir is not None else None
     xt = split.x_test[torch.as_tensor(test_index)]
     yt = split.y_test[torch.as_tensor(test_index)]
-    jobs = [(name, f, r) for name in [*rankings, "random"] for f in fractions for r in range(seeds)]
-    results: Dict[str, Dict[float, list]] = {name: {f: [] for f in fractions}
-                                             for name in [*rankings, "random"]}
+    names = [*rankings, "random"]
+    jobs = [("none", 0.0, r) for r in range(seeds)]
+    jobs += [(name, f, r) for name in names for f in fractions for r in range(seeds)]
+    results: Dict[str, Dict[float, list]] = {"none": {0.0: []}}
+    results.update({name: {f: [] for f in fractions} for name in names})
 
     def one(name, f, r):
         n_remove = int(round(f * n))
-        if name == "random":
+        if name == "none":
+            removed = np.arange(0)
+        elif name == "random":
             rng = np.random.default_rng(derive_seed(base_seed, "random-removal", f, r))
             removed = rng.choice(n, size=n_remove, replace=False)
         else:
