@@ -15,7 +15,9 @@
 //
 // Determinism: y[b] is owned by one thread per tile and receives its columns in
 // ascending order (o' then i', replicas in order), so the result is bitwise reproducible
-// for any thread count and adds up in the same column order as sjlt_cpu on z.
+// for any thread count. It is one plain sum in column order, which is also sjlt_cpu's
+// order on z while z fits one of its column ranges (k_in * k_out <= max(2^17, 64 k),
+// sjlt_block.h); beyond that sjlt_cpu adds range partials, so the two agree to rounding.
 #include "grass/factgrass.h"
 
 #include <algorithm>
