@@ -12,7 +12,13 @@ CudaStatus cuda_runtime_status() {
   int count = 0;
   cudaError_t err = cudaGetDeviceCount(&count);
   if (err != cudaSuccess) {
-    status.reason = std::string("CUDA runtime reports: ") + cudaGetErrorString(err);
+    // Without any NVIDIA driver the runtime answers "insufficient driver" too, which reads
+    // as if a newer driver would help; name the likely cause first.
+    if (err == cudaErrorInsufficientDriver || err == cudaErrorNoDevice)
+      status.reason = "no usable NVIDIA driver or GPU on this machine (the CUDA runtime says: ";
+    else
+      status.reason = "the CUDA runtime could not count devices (it says: ";
+    status.reason += std::string(cudaGetErrorString(err)) + ")";
     cudaGetLastError();  // clear the sticky error so later calls are not affected
     return status;
   }
