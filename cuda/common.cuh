@@ -38,12 +38,6 @@ inline void check_cuda(cudaError_t err, const char* what, const char* func) {
 #define GRASS_CUDA_CHECK_LAUNCH(kernel_name) \
   ::grass::gpu::check_cuda(cudaGetLastError(), "launch of " kernel_name, __func__)
 
-// GRASS_CHECK for helpers and lambdas, where __func__ is not the API function's name.
-#define GRASS_CHECK_IN(func, cond, ...)                                   \
-  do {                                                                    \
-    if (!(cond)) ::grass::detail::throw_error(func, __VA_ARGS__);         \
-  } while (0)
-
 inline cudaStream_t as_stream(void* stream) { return static_cast<cudaStream_t>(stream); }
 
 // ---- device limits --------------------------------------------------------------------

@@ -19,6 +19,7 @@
 #include <type_traits>
 
 #include "common.cuh"
+#include "grass/args.h"
 #include "grass/factgrass.h"
 #include "sketch.cuh"
 
@@ -246,18 +247,8 @@ void launch_factgrass(const void* a, const void* g, const FactArgs& f, int64_t B
 void factgrass_cuda(const void* a, const void* g, DType dtype, const KronShape& shape,
                     const int64_t* idx_in, int64_t k_in, const int64_t* idx_out, int64_t k_out,
                     float* y, const SjltParams& params, bool deterministic, void* stream) {
-  GRASS_CHECK(dtype == DType::F32 || dtype == DType::F16 || dtype == DType::BF16,
-              "dtype must be float32, float16 or bfloat16, got %s", dtype_name(dtype));
+  detail::check_factgrass_args(dtype, shape, k_in, k_out, params, __func__);
   const int64_t B = shape.B, T = shape.T, d_in = shape.d_in, d_out = shape.d_out;
-  GRASS_CHECK(B >= 0, "shape.B must be >= 0, got %lld", (long long)B);
-  GRASS_CHECK(T >= 1, "shape.T must be >= 1, got %lld", (long long)T);
-  GRASS_CHECK(d_in >= 1, "shape.d_in must be >= 1, got %lld", (long long)d_in);
-  GRASS_CHECK(d_out >= 1, "shape.d_out must be >= 1, got %lld", (long long)d_out);
-  GRASS_CHECK(k_in >= 1, "k_in must be >= 1, got %lld", (long long)k_in);
-  GRASS_CHECK(k_out >= 1, "k_out must be >= 1, got %lld", (long long)k_out);
-  GRASS_CHECK(k_out <= INT64_MAX / k_in, "k_in * k_out overflows int64 (k_in = %lld, k_out = %lld)",
-              (long long)k_in, (long long)k_out);
-  check_sjlt_params(params);
   if (B == 0) return;
   // idx_in / idx_out live on the device: the caller checks their range (grass.ops does).
   GRASS_CHECK(a != nullptr && g != nullptr && y != nullptr, "a, g and y must not be null");

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "common.cuh"
+#include "grass/args.h"
 #include "grass/fjlt.h"
 #include "grass/hash.h"
 
@@ -185,13 +186,7 @@ void launch_fjlt(const void* x_, int64_t B, int64_t p, float* y, int64_t k, uint
 
 void fjlt_cuda(const void* x, DType dtype, int64_t B, int64_t p, float* y, int64_t k,
                uint64_t seed, void* stream) {
-  GRASS_CHECK(dtype == DType::F32 || dtype == DType::F16 || dtype == DType::BF16,
-              "dtype must be float32, float16 or bfloat16, got %s", dtype_name(dtype));
-  GRASS_CHECK(B >= 0, "B must be >= 0, got %lld", (long long)B);
-  GRASS_CHECK(p >= 0, "p must be >= 0, got %lld", (long long)p);
-  const int64_t P = fjlt_padded_size(p);
-  GRASS_CHECK(k >= 1 && k <= P, "k must be in [1, P = %lld] (P = next power of two >= p = %lld), got %lld",
-              (long long)P, (long long)p, (long long)k);
+  detail::check_fjlt_args(dtype, B, p, k, __func__);
   if (B == 0) return;
   GRASS_CHECK(y != nullptr, "y must not be null");
   GRASS_CHECK(p == 0 || x != nullptr, "x must not be null");

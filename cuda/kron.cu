@@ -8,6 +8,7 @@
 #include <algorithm>
 
 #include "common.cuh"
+#include "grass/args.h"
 #include "grass/kron.h"
 
 namespace grass {
@@ -87,16 +88,9 @@ __global__ void __launch_bounds__(kThreads)
 
 void kron_cuda(const void* a, const void* g, DType dtype, const KronShape& shape, float* out,
                void* stream) {
-  GRASS_CHECK(dtype == DType::F32 || dtype == DType::F16 || dtype == DType::BF16,
-              "dtype must be float32, float16 or bfloat16, got %s", dtype_name(dtype));
+  detail::check_kron_args(dtype, shape, __func__);
   const int64_t B = shape.B, T = shape.T, d_in = shape.d_in, d_out = shape.d_out;
-  GRASS_CHECK(B >= 0, "shape.B must be >= 0, got %lld", (long long)B);
-  GRASS_CHECK(T >= 1, "shape.T must be >= 1, got %lld", (long long)T);
-  GRASS_CHECK(d_in >= 1, "shape.d_in must be >= 1, got %lld", (long long)d_in);
-  GRASS_CHECK(d_out >= 1, "shape.d_out must be >= 1, got %lld", (long long)d_out);
   const int64_t d_aug = shape.d_in_aug();
-  GRASS_CHECK(d_out <= INT64_MAX / d_aug, "d_out * d_in' overflows int64 (d_out = %lld, d_in' = %lld)",
-              (long long)d_out, (long long)d_aug);
   if (B == 0) return;
   GRASS_CHECK(a != nullptr && g != nullptr && out != nullptr, "a, g and out must not be null");
   const dim3 grid(gpu::grid_x(gpu::ceil_div(d_aug, kTileI)), gpu::grid_yz(gpu::ceil_div(d_out, kTileO)),

@@ -3,6 +3,7 @@
 // never written to memory. Each thread reads its 4 indices once per tile and reuses them
 // (and the hashed codes) for the R rows of its block.
 #include "common.cuh"
+#include "grass/args.h"
 #include "grass/masked_sjlt.h"
 #include "sketch.cuh"
 #include "sketch_rows.cuh"
@@ -12,11 +13,7 @@ namespace grass {
 void masked_sjlt_cuda(const void* x, DType dtype, int64_t B, int64_t p, const int64_t* idx,
                       int64_t kp, float* y, const SjltParams& params, bool deterministic,
                       void* stream) {
-  GRASS_CHECK(dtype == DType::F32 || dtype == DType::F16 || dtype == DType::BF16,
-              "dtype must be float32, float16 or bfloat16, got %s", dtype_name(dtype));
-  check_sjlt_params(params);
-  GRASS_CHECK(B >= 0, "B must be >= 0, got %lld", (long long)B);
-  GRASS_CHECK(p >= 0, "p must be >= 0, got %lld", (long long)p);
+  detail::check_sketch_args(dtype, B, p, params, __func__);
   GRASS_CHECK(kp >= 0, "kp must be >= 0, got %lld", (long long)kp);
   GRASS_CHECK(kp == 0 || p >= 1, "idx has %lld entries but x has no columns (p = 0)", (long long)kp);
   if (B == 0) return;

@@ -8,6 +8,7 @@
 #include <algorithm>
 
 #include "common.cuh"
+#include "grass/args.h"
 #include "grass/sjlt.h"
 #include "sketch.cuh"
 #include "sketch_rows.cuh"
@@ -20,11 +21,6 @@ using gpu::kBucketMask;
 using gpu::kNegBit;
 using gpu::max64;
 using gpu::min64;
-
-void check_float_dtype(DType dtype, const char* func) {
-  if (!(dtype == DType::F32 || dtype == DType::F16 || dtype == DType::BF16))
-    detail::throw_error(func, "dtype must be float32, float16 or bfloat16, got %s", dtype_name(dtype));
-}
 
 // ---- CSR ------------------------------------------------------------------------------
 
@@ -201,10 +197,7 @@ __global__ void __launch_bounds__(kTransposeThreads)
 
 void sjlt_cuda(const void* x, DType dtype, int64_t B, int64_t p, float* y,
                const SjltParams& params, bool deterministic, void* stream) {
-  check_float_dtype(dtype, __func__);
-  check_sjlt_params(params);
-  GRASS_CHECK(B >= 0, "B must be >= 0, got %lld", (long long)B);
-  GRASS_CHECK(p >= 0, "p must be >= 0, got %lld", (long long)p);
+  detail::check_sketch_args(dtype, B, p, params, __func__);
   if (B == 0) return;
   GRASS_CHECK(y != nullptr, "y must not be null");
   const cudaStream_t st = gpu::as_stream(stream);
@@ -231,10 +224,7 @@ void sjlt_cuda(const void* x, DType dtype, int64_t B, int64_t p, float* y,
 void sjlt_csr_cuda(const int64_t* indptr, const int64_t* indices, const void* values, DType dtype,
                    int64_t B, int64_t p, float* y, const SjltParams& params, bool deterministic,
                    void* stream) {
-  check_float_dtype(dtype, __func__);
-  check_sjlt_params(params);
-  GRASS_CHECK(B >= 0, "B must be >= 0, got %lld", (long long)B);
-  GRASS_CHECK(p >= 0, "p must be >= 0, got %lld", (long long)p);
+  detail::check_sketch_args(dtype, B, p, params, __func__);
   if (B == 0) return;
   GRASS_CHECK(y != nullptr && indptr != nullptr, "y and indptr must not be null");
   gpu::SketchArgs a = gpu::make_sketch_args(B, params);

@@ -25,56 +25,26 @@
 #include <cstdint>
 #include <vector>
 
+#include "grass/args.h"
 #include "grass/check.h"
 #include "grass/hash.h"
 #include "grass/mask.h"
+#include "kron_tile.h"
 
 namespace grass {
 
 namespace {
 
 constexpr int64_t kCodeBudget = int64_t{1} << 22;  // codes per tile (4 bytes each)
-constexpr int kVW = 32;                            // z columns per micro-tile
-constexpr int kNR = 4;                             // z rows per micro-tile
-
-// z[q, i] = sum_t G[t, q] * A[t, i] for q < NR, i < w: the same expression, order and
-// starting value as kron_cpu's micro-kernel, so a masked kron then sjlt gives the same z.
-template <int NR>
-void z_micro(const float* A, int64_t lda, const float* G, int64_t ldg, int64_t T, int64_t w,
-             float* z, int64_t ldz) {
-  float acc[NR][kVW];
-  for (int q = 0; q < NR; ++q)
-    for (int i = 0; i < kVW; ++i) acc[q][i] = 0.0f;
-  if (w == kVW) {
-    for (int64_t t = 0; t < T; ++t) {
-      const float* at = A + t * lda;
-      const float* gt = G + t * ldg;
-      for (int q = 0; q < NR; ++q) {
-        const float gq = gt[q];
-#pragma omp simd
-        for (int i = 0; i < kVW; ++i) acc[q][i] += gq * at[i];
-      }
-    }
-  } else {
-    for (int64_t t = 0; t < T; ++t) {
-      const float* at = A + t * lda;
-      const float* gt = G + t * ldg;
-      for (int q = 0; q < NR; ++q) {
-        const float gq = gt[q];
-#pragma omp simd
-        for (int64_t i = 0; i < w; ++i) acc[q][i] += gq * at[i];
-      }
-    }
-  }
-  for (int q = 0; q < NR; ++q)
-    for (int64_t i = 0; i < w; ++i) z[q * ldz + i] = acc[q][i];
-}
+using detail::kKronNR;
+using detail::kKronVW;
+using detail::kron_micro;  // kron_tile.h: kron_cpu's kernel, so a masked kron then sjlt gives this z
 
 // Forms NR rows of z from A' [T, k_in] and G' (columns q0.. of [T, ldg]) into z [NR, k_in].
 template <int NR>
 void z_rows(const float* A, int64_t k_in, const float* G, int64_t ldg, int64_t T, float* z) {
-  for (int64_t i = 0; i < k_in; i += kVW)
-    z_micro<NR>(A + i, k_in, G, ldg, T, std::min<int64_t>(kVW, k_in - i), z + i, k_in);
+  for (int64_t i = 0; i < k_in; i += kKronVW)
+    kron_micro<NR>(A + i, k_in, G, ldg, T, std::min<int64_t>(kKronVW, k_in - i), z + i, k_in);
 }
 
 // Packed code of one (column, replica): bucket in the low 31 bits (k < 2^31), sign bit
@@ -87,18 +57,8 @@ void factgrass_cpu(const void* a /* [B, T, d_in] */, const void* g /* [B, T, d_o
                    DType dtype, const KronShape& shape, const int64_t* idx_in /* [k_in] */,
                    int64_t k_in, const int64_t* idx_out /* [k_out] */, int64_t k_out,
                    float* y /* [B, k] */, const SjltParams& params) {
-  GRASS_CHECK(dtype == DType::F32 || dtype == DType::F16 || dtype == DType::BF16,
-              "dtype must be float32, float16 or bfloat16, got %s", dtype_name(dtype));
+  detail::check_factgrass_args(dtype, shape, k_in, k_out, params, __func__);
   const int64_t B = shape.B, T = shape.T, d_in = shape.d_in, d_out = shape.d_out;
-  GRASS_CHECK(B >= 0, "shape.B must be >= 0, got %lld", (long long)B);
-  GRASS_CHECK(T >= 1, "shape.T must be >= 1, got %lld", (long long)T);
-  GRASS_CHECK(d_in >= 1, "shape.d_in must be >= 1, got %lld", (long long)d_in);
-  GRASS_CHECK(d_out >= 1, "shape.d_out must be >= 1, got %lld", (long long)d_out);
-  GRASS_CHECK(k_in >= 1, "k_in must be >= 1, got %lld", (long long)k_in);
-  GRASS_CHECK(k_out >= 1, "k_out must be >= 1, got %lld", (long long)k_out);
-  GRASS_CHECK(k_out <= INT64_MAX / k_in, "k_in * k_out overflows int64 (k_in = %lld, k_out = %lld)",
-              (long long)k_in, (long long)k_out);
-  check_sjlt_params(params);
   const int64_t d_aug = shape.d_in_aug();
   GRASS_CHECK(idx_in != nullptr && idx_out != nullptr, "idx_in and idx_out must not be null");
   // idx_in may name d_in, the ones column, only with bias: check_indices against d_in'.
@@ -123,7 +83,7 @@ void factgrass_cpu(const void* a /* [B, T, d_in] */, const void* g /* [B, T, d_o
     {
       std::vector<float> a_buf(static_cast<size_t>(T * k_in));       // A' [T, k_in]
       std::vector<float> g_buf(static_cast<size_t>(T * tile_rows));  // G' [T, rows]
-      std::vector<float> z_buf(static_cast<size_t>(kNR * k_in));     // z tile [NR, k_in]
+      std::vector<float> z_buf(static_cast<size_t>(kKronNR * k_in));  // z tile [NR, k_in]
       for (int64_t o_begin = 0; o_begin < k_out; o_begin += tile_rows) {
         const int64_t rows = std::min(tile_rows, k_out - o_begin);
         const int64_t cols = rows * k_in;
@@ -155,9 +115,9 @@ void factgrass_cpu(const void* a /* [B, T, d_in] */, const void* g /* [B, T, d_o
               gt[q] = load_as_float(gb, t * d_out + idx_out[o_begin + q], tag);
           }
           for (int64_t o = 0; o < rows;) {
-            const int nr = rows - o >= kNR ? kNR : 1;
-            if (nr == kNR)
-              z_rows<kNR>(a_buf.data(), k_in, g_buf.data() + o, rows, T, z_buf.data());
+            const int nr = rows - o >= kKronNR ? kKronNR : 1;
+            if (nr == kKronNR)
+              z_rows<kKronNR>(a_buf.data(), k_in, g_buf.data() + o, rows, T, z_buf.data());
             else
               z_rows<1>(a_buf.data(), k_in, g_buf.data() + o, rows, T, z_buf.data());
             // Scatter the nr rows of z: column (o_begin + o + q) * k_in + i of S.

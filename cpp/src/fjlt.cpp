@@ -25,6 +25,7 @@
 #include <immintrin.h>
 #endif
 
+#include "grass/args.h"
 #include "grass/check.h"
 #include "grass/hash.h"
 #include "grass/mask.h"
@@ -182,13 +183,8 @@ void fjlt_rows(int64_t p, int64_t k, uint64_t seed, int64_t* rows /* [k] */) {
 
 void fjlt_cpu(const void* x /* [B, p] */, DType dtype, int64_t B, int64_t p,
               float* y /* [B, k] */, int64_t k, uint64_t seed) {
-  GRASS_CHECK(dtype == DType::F32 || dtype == DType::F16 || dtype == DType::BF16,
-              "dtype must be float32, float16 or bfloat16, got %s", dtype_name(dtype));
-  GRASS_CHECK(B >= 0, "B must be >= 0, got %lld", (long long)B);
-  GRASS_CHECK(p >= 0, "p must be >= 0, got %lld", (long long)p);
+  detail::check_fjlt_args(dtype, B, p, k, __func__);
   const int64_t P = fjlt_padded_size(p);
-  GRASS_CHECK(k >= 1 && k <= P, "k must be in [1, P = %lld] (P = next power of two >= p = %lld), got %lld",
-              (long long)P, (long long)p, (long long)k);
   if (B == 0) return;
   GRASS_CHECK(y != nullptr, "y must not be null");
   GRASS_CHECK(p == 0 || x != nullptr, "x must not be null");

@@ -14,7 +14,9 @@
 #include <type_traits>
 #include <vector>
 
+#include "grass/args.h"
 #include "grass/check.h"
+#include "kron_tile.h"
 
 namespace grass {
 
@@ -22,41 +24,9 @@ namespace {
 
 constexpr int64_t kOChunk = 64;  // output rows per work item
 constexpr int64_t kITile = 256;  // input columns per panel: a [T, 256] panel stays in L2
-constexpr int kVW = 32;          // columns per micro-tile (two AVX-512 registers)
-constexpr int kNR = 4;           // output rows per micro-tile
-
-// out[q, i] = sum_t G[t, q] * A[t, i] for q < NR, i < w (w <= kVW).
-// A: [T, lda] panel; G: [T, ldg] rows of g for these NR outputs; out: NR rows, stride ldo.
-template <int NR>
-void kron_micro(const float* A, int64_t lda, const float* G, int64_t ldg, int64_t T, int64_t w,
-                float* out, int64_t ldo) {
-  float acc[NR][kVW];
-  for (int q = 0; q < NR; ++q)
-    for (int i = 0; i < kVW; ++i) acc[q][i] = 0.0f;
-  if (w == kVW) {
-    for (int64_t t = 0; t < T; ++t) {
-      const float* at = A + t * lda;
-      const float* gt = G + t * ldg;
-      for (int q = 0; q < NR; ++q) {
-        const float gq = gt[q];
-#pragma omp simd
-        for (int i = 0; i < kVW; ++i) acc[q][i] += gq * at[i];
-      }
-    }
-  } else {
-    for (int64_t t = 0; t < T; ++t) {
-      const float* at = A + t * lda;
-      const float* gt = G + t * ldg;
-      for (int q = 0; q < NR; ++q) {
-        const float gq = gt[q];
-#pragma omp simd
-        for (int64_t i = 0; i < w; ++i) acc[q][i] += gq * at[i];
-      }
-    }
-  }
-  for (int q = 0; q < NR; ++q)
-    for (int64_t i = 0; i < w; ++i) out[q * ldo + i] = acc[q][i];
-}
+using detail::kKronNR;
+using detail::kKronVW;
+using detail::kron_micro;  // kron_tile.h, shared with factgrass_cpu
 
 // Rows [0, rows) of one item: out[o, i] for i < d_in from A [T, d_in] and G [T, ldg].
 void kron_rows(const float* A, int64_t d_in, const float* G, int64_t ldg, int64_t T,
@@ -64,13 +34,13 @@ void kron_rows(const float* A, int64_t d_in, const float* G, int64_t ldg, int64_
   for (int64_t i0 = 0; i0 < d_in; i0 += kITile) {
     const int64_t i_end = std::min(d_in, i0 + kITile);
     int64_t o = 0;
-    for (; o + kNR <= rows; o += kNR)
-      for (int64_t i = i0; i < i_end; i += kVW)
-        kron_micro<kNR>(A + i, d_in, G + o, ldg, T, std::min<int64_t>(kVW, i_end - i),
-                        out + o * ldo + i, ldo);
+    for (; o + kKronNR <= rows; o += kKronNR)
+      for (int64_t i = i0; i < i_end; i += kKronVW)
+        kron_micro<kKronNR>(A + i, d_in, G + o, ldg, T, std::min<int64_t>(kKronVW, i_end - i),
+                            out + o * ldo + i, ldo);
     for (; o < rows; ++o)
-      for (int64_t i = i0; i < i_end; i += kVW)
-        kron_micro<1>(A + i, d_in, G + o, ldg, T, std::min<int64_t>(kVW, i_end - i),
+      for (int64_t i = i0; i < i_end; i += kKronVW)
+        kron_micro<1>(A + i, d_in, G + o, ldg, T, std::min<int64_t>(kKronVW, i_end - i),
                       out + o * ldo + i, ldo);
   }
 }
@@ -79,16 +49,9 @@ void kron_rows(const float* A, int64_t d_in, const float* G, int64_t ldg, int64_
 
 void kron_cpu(const void* a /* [B, T, d_in] */, const void* g /* [B, T, d_out] */, DType dtype,
               const KronShape& shape, float* out /* [B, d_out * d_in'] */) {
-  GRASS_CHECK(dtype == DType::F32 || dtype == DType::F16 || dtype == DType::BF16,
-              "dtype must be float32, float16 or bfloat16, got %s", dtype_name(dtype));
+  detail::check_kron_args(dtype, shape, __func__);
   const int64_t B = shape.B, T = shape.T, d_in = shape.d_in, d_out = shape.d_out;
-  GRASS_CHECK(B >= 0, "shape.B must be >= 0, got %lld", (long long)B);
-  GRASS_CHECK(T >= 1, "shape.T must be >= 1, got %lld", (long long)T);
-  GRASS_CHECK(d_in >= 1, "shape.d_in must be >= 1, got %lld", (long long)d_in);
-  GRASS_CHECK(d_out >= 1, "shape.d_out must be >= 1, got %lld", (long long)d_out);
   const int64_t d_aug = shape.d_in_aug();
-  GRASS_CHECK(d_out <= INT64_MAX / d_aug, "d_out * d_in' overflows int64 (d_out = %lld, d_in' = %lld)",
-              (long long)d_out, (long long)d_aug);
   if (B == 0) return;
   GRASS_CHECK(a != nullptr && g != nullptr && out != nullptr, "a, g and out must not be null");
 

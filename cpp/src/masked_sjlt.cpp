@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "grass/args.h"
 #include "grass/check.h"
 #include "grass/hash.h"
 #include "grass/mask.h"
@@ -26,11 +27,7 @@ constexpr int64_t kDenseMask = 16;  // a mask keeping at least 1 column in 16 co
 void masked_sjlt_cpu(const void* x /* [B, p] */, DType dtype, int64_t B, int64_t p,
                      const int64_t* idx /* [kp] */, int64_t kp, float* y /* [B, k] */,
                      const SjltParams& params) {
-  GRASS_CHECK(dtype == DType::F32 || dtype == DType::F16 || dtype == DType::BF16,
-              "dtype must be float32, float16 or bfloat16, got %s", dtype_name(dtype));
-  check_sjlt_params(params);
-  GRASS_CHECK(B >= 0, "B must be >= 0, got %lld", (long long)B);
-  GRASS_CHECK(p >= 0, "p must be >= 0, got %lld", (long long)p);
+  detail::check_sketch_args(dtype, B, p, params, __func__);
   GRASS_CHECK(kp >= 0, "kp must be >= 0, got %lld", (long long)kp);
   check_indices(idx, kp, p, "idx");
   if (B == 0) return;

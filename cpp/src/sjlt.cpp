@@ -23,6 +23,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "grass/args.h"
 #include "grass/check.h"
 #include "grass/hash.h"
 #include "sjlt_block.h"
@@ -116,11 +117,6 @@ int64_t csr_row(float* yb, float* partial, const int64_t* indices, const typenam
   return INT64_MAX;
 }
 
-void check_dtype(DType dtype) {
-  GRASS_CHECK(dtype == DType::F32 || dtype == DType::F16 || dtype == DType::BF16,
-              "dtype must be float32, float16 or bfloat16, got %s", dtype_name(dtype));
-}
-
 }  // namespace
 
 void check_sjlt_params(const SjltParams& params) {
@@ -153,10 +149,7 @@ void sjlt_codes(int64_t column_begin, int64_t count, const SjltParams& params,
 
 void sjlt_cpu(const void* x /* [B, p] */, DType dtype, int64_t B, int64_t p,
               float* y /* [B, k] */, const SjltParams& params) {
-  check_dtype(dtype);
-  check_sjlt_params(params);
-  GRASS_CHECK(B >= 0, "B must be >= 0, got %lld", (long long)B);
-  GRASS_CHECK(p >= 0, "p must be >= 0, got %lld", (long long)p);
+  detail::check_sketch_args(dtype, B, p, params, __func__);
   if (B == 0) return;
   GRASS_CHECK(y != nullptr, "y must not be null");
   GRASS_CHECK(p == 0 || x != nullptr, "x must not be null");
@@ -205,10 +198,7 @@ void sjlt_cpu(const void* x /* [B, p] */, DType dtype, int64_t B, int64_t p,
 void sjlt_csr_cpu(const int64_t* indptr /* [B + 1] */, const int64_t* indices /* [nnz] */,
                   const void* values /* [nnz] */, DType dtype, int64_t B, int64_t p,
                   float* y /* [B, k] */, const SjltParams& params) {
-  check_dtype(dtype);
-  check_sjlt_params(params);
-  GRASS_CHECK(B >= 0, "B must be >= 0, got %lld", (long long)B);
-  GRASS_CHECK(p >= 0, "p must be >= 0, got %lld", (long long)p);
+  detail::check_sketch_args(dtype, B, p, params, __func__);
   if (B == 0) return;
   GRASS_CHECK(indptr != nullptr, "indptr must not be null");
   GRASS_CHECK(y != nullptr, "y must not be null");

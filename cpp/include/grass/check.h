@@ -34,3 +34,9 @@ template <typename... Args>
   do {                                                      \
     if (!(cond)) ::grass::detail::throw_error(__func__, __VA_ARGS__); \
   } while (0)
+
+// GRASS_CHECK for helpers and lambdas, where __func__ is not the API function's name.
+#define GRASS_CHECK_IN(func, cond, ...)                                   \
+  do {                                                                    \
+    if (!(cond)) ::grass::detail::throw_error(func, __VA_ARGS__);         \
+  } while (0)
