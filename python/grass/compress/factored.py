@@ -24,8 +24,8 @@ from ..layers import LayerInfo, derive_seed
 from .base import Compressor, CompressorSpec, _check_k, split_factors
 from .dense import Gaussian, projection_columns
 from .grass import DEFAULT_MASK_FACTOR, GraSS, check_mask_kind
-from .mask import FactorMask, _expect_keys, _factor_sizes, augment, fit_data_factored
-from .selective import MaskFit, learn_factor_masks
+from .mask import FactorMask, LearnedFactorMask, _factor_sizes, augment
+from .selective import MaskFit
 from .sketch import SJLT, _check_s
 
 __all__ = ["LoGra", "FactGraSS", "FactorizedSJLT", "LoGraCompressor", "FactGraSSCompressor",
@@ -72,8 +72,9 @@ class LoGraCompressor(Compressor):
         return (p_out @ G @ p_in.T).reshape(grad.shape[0], -1)
 
 
-class FactGraSSCompressor(Compressor):
+class FactGraSSCompressor(LearnedFactorMask, Compressor):
     method = "factgrass"
+    _not_fittable = "this FactGraSS mask is random; nothing to fit"
 
     def __init__(self, info: LayerInfo, k: int, seed: int, *, k_in: int, k_out: int, s: int = 1,
                  learned: bool = False, fit: Optional[MaskFit] = None, deterministic: bool = False):
@@ -83,13 +84,8 @@ class FactGraSSCompressor(Compressor):
         if self.s > self.k:
             raise ValueError(f"layer {info.name!r}: s must be <= k, got s={s}, k={k}")
         self.mask = FactorMask(_d_in_aug(info), info.d_out, k_in, k_out, seed, learned)
-        self.fit_options = MaskFit.coerce(fit)
-        self.fit_report: Optional[dict] = None
+        self._init_fit(fit)
         self.deterministic = bool(deterministic)
-
-    @property
-    def needs_fit(self) -> bool:
-        return not self.mask.fitted
 
     def _options(self) -> dict:
         opts = {"k_in": self.mask.k_in, "k_out": self.mask.k_out, "s": self.s,
@@ -114,29 +110,6 @@ class FactGraSSCompressor(Compressor):
         y = ops.masked_sjlt(grad, idx, self.k, s=self.s, seed=self.seed,
                             deterministic=self.deterministic)
         return self._scaled(y)
-
-    def fit(self, train, test=None, *, seed: Optional[int] = None) -> dict:
-        if not self.mask.learned:
-            raise ValueError(f"layer {self.info.name!r}: this FactGraSS mask is random; nothing to fit")
-        idx_in, idx_out, report = learn_factor_masks(
-            fit_data_factored(self.info, train), fit_data_factored(self.info, test),
-            self.mask.k_in, self.mask.k_out, fit=self.fit_options, seed=self._fit_seed(seed))
-        self.mask.set(idx_in, idx_out)
-        self._forget_cache()
-        self.fit_report = report
-        return report
-
-    def state_dict(self) -> dict:
-        if not (self.mask.learned and self.mask.fitted):
-            return {}
-        return {"idx_in": self.mask.idx_in.clone(), "idx_out": self.mask.idx_out.clone()}
-
-    def load_state_dict(self, state) -> None:
-        if not self.mask.learned:
-            return super().load_state_dict(state)
-        _expect_keys(self, state, {"idx_in", "idx_out"})
-        self.mask.set(state["idx_in"], state["idx_out"])
-        self._forget_cache()
 
 
 class FactorizedSJLTCompressor(Compressor):

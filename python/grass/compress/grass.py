@@ -12,8 +12,8 @@ import torch
 from .. import ops
 from ..layers import LayerInfo
 from .base import Compressor, CompressorSpec
-from .mask import FlatMask, fit_data_flat, gather_factors, split_indices, _expect_keys
-from .selective import MaskFit, learn_flat_mask
+from .mask import FlatMask, LearnedFlatMask, gather_factors, split_indices
+from .selective import MaskFit
 from .sketch import _check_s
 
 __all__ = ["GraSS", "GraSSCompressor", "DEFAULT_MASK_FACTOR", "mask_size"]
@@ -35,10 +35,11 @@ def check_mask_kind(mask) -> str:
     return mask
 
 
-class GraSSCompressor(Compressor):
+class GraSSCompressor(LearnedFlatMask, Compressor):
     """y = scale * S (x[idx]); S an SJLT [k, k'] with this layer's seed."""
 
     method = "grass"
+    _not_fittable = "this GraSS mask is not learned"
 
     def __init__(self, info: LayerInfo, k: int, seed: int, *, k_mask: int, s: int = 1,
                  learned: bool = False, indices: Optional[torch.Tensor] = None,
@@ -52,13 +53,8 @@ class GraSSCompressor(Compressor):
         self.mask = FlatMask(info.numel, k_mask, seed, learned or indices is not None)
         if indices is not None:  # a given mask (e.g. learned elsewhere), kept unscaled
             self.mask.set(indices)
-        self.fit_options = MaskFit.coerce(fit)
-        self.fit_report: Optional[dict] = None
+        self._init_fit(fit)
         self.deterministic = bool(deterministic)
-
-    @property
-    def needs_fit(self) -> bool:
-        return not self.mask.fitted
 
     @property
     def k_mask(self) -> int:
@@ -88,26 +84,6 @@ class GraSSCompressor(Compressor):
         z = gather_factors(a, g, None, self.info.bias, pairs)
         return self._scaled(ops.sjlt(z, self.k, s=self.s, seed=self.seed,
                                      deterministic=self.deterministic))
-
-    def fit(self, train, test=None, *, seed: Optional[int] = None) -> dict:
-        if not self.mask.learned or self.mask.k >= self.mask.p:
-            raise ValueError(f"layer {self.info.name!r}: this GraSS mask is not learned")
-        idx, report = learn_flat_mask(fit_data_flat(self.info, train), fit_data_flat(self.info, test),
-                                      self.mask.k, fit=self.fit_options, seed=self._fit_seed(seed))
-        self.mask.set(idx)
-        self._forget_cache()
-        self.fit_report = report
-        return report
-
-    def state_dict(self) -> dict:
-        return {"indices": self.mask.indices.clone()} if self.mask.learned and self.mask.fitted else {}
-
-    def load_state_dict(self, state) -> None:
-        if not self.mask.learned:
-            return super().load_state_dict(state)
-        _expect_keys(self, state, {"indices"})
-        self.mask.set(state["indices"])
-        self._forget_cache()
 
 
 class GraSS(CompressorSpec):

@@ -176,7 +176,70 @@ def fit_data_factored(info: LayerInfo, data):
     return fit_data_flat(info, (a, g)).reshape(a.shape[0], info.d_out, d_in)
 
 
-class MaskCompressor(Compressor):
+class _LearnedMask:
+    """What a compressor with a possibly learned ``self.mask`` (FlatMask or FactorMask)
+    adds to ``Compressor``: fitting options and report, ``needs_fit``, ``fit`` and the
+    state round trip. Subclasses give ``_learn`` (fitting data -> the arguments of
+    ``mask.set`` and the report), ``_state_keys`` (the mask attributes saved, in the order
+    ``mask.set`` takes them) and, if they like, the error text for fitting a random mask."""
+
+    _state_keys: Tuple[str, ...] = ()
+    _not_fittable = "a random mask has nothing to fit"
+
+    def _init_fit(self, fit: Optional[MaskFit]) -> None:
+        self.fit_options = MaskFit.coerce(fit)
+        self.fit_report: Optional[dict] = None
+
+    @property
+    def needs_fit(self) -> bool:
+        return not self.mask.fitted
+
+    def fit(self, train, test=None, *, seed: Optional[int] = None) -> dict:
+        """Learn the mask from train (and test) gradients: flat [n, p], or factors (a, g) of
+        a linear layer. Returns the fitting report."""
+        if not self.mask.learned:
+            raise ValueError(f"layer {self.info.name!r}: {self._not_fittable}")
+        *learned, report = self._learn(train, test, self._fit_seed(seed))
+        self.mask.set(*learned)
+        self._forget_cache()
+        self.fit_report = report
+        return report
+
+    def state_dict(self) -> dict:
+        if not (self.mask.learned and self.mask.fitted):
+            return {}
+        return {key: getattr(self.mask, key).clone() for key in self._state_keys}
+
+    def load_state_dict(self, state) -> None:
+        if not self.mask.learned:
+            return super().load_state_dict(state)
+        _expect_keys(self, state, set(self._state_keys))
+        self.mask.set(*(state[key] for key in self._state_keys))
+        self._forget_cache()
+
+
+class LearnedFlatMask(_LearnedMask):
+    """A learned ``FlatMask``: ``indices``, k' sorted coordinates of the flat gradient.
+    (FlatMask.learned is false when k' >= p: a whole mask is never fitted.)"""
+
+    _state_keys = ("indices",)
+
+    def _learn(self, train, test, seed: int):
+        return learn_flat_mask(fit_data_flat(self.info, train), fit_data_flat(self.info, test),
+                               self.mask.k, fit=self.fit_options, seed=seed)
+
+
+class LearnedFactorMask(_LearnedMask):
+    """A learned ``FactorMask``: ``idx_in`` (k_in of d_in') and ``idx_out`` (k_out of d_out)."""
+
+    _state_keys = ("idx_in", "idx_out")
+
+    def _learn(self, train, test, seed: int):
+        return learn_factor_masks(fit_data_factored(self.info, train), fit_data_factored(self.info, test),
+                                  self.mask.k_in, self.mask.k_out, fit=self.fit_options, seed=seed)
+
+
+class MaskCompressor(LearnedFlatMask, Compressor):
     """A flat mask (random or learned) over the layer's p coordinates."""
 
     def __init__(self, info: LayerInfo, k: int, seed: int, *, learned: bool = False,
@@ -184,12 +247,7 @@ class MaskCompressor(Compressor):
         super().__init__(info, min(int(k), info.numel), seed)
         self.mask = FlatMask(info.numel, self.k, seed, learned)
         self.method = "selective_mask" if learned else "random_mask"
-        self.fit_options = MaskFit.coerce(fit)
-        self.fit_report: Optional[dict] = None
-
-    @property
-    def needs_fit(self) -> bool:
-        return not self.mask.fitted
+        self._init_fit(fit)
 
     def _options(self) -> dict:
         return {"fit": self.fit_options.to_dict()} if self.mask.learned else {}
@@ -207,30 +265,8 @@ class MaskCompressor(Compressor):
         y = gather_factors(a, g, None, self.info.bias, pairs)
         return y.mul_(self.mask.scale) if self.mask.scale != 1.0 else y
 
-    def fit(self, train, test=None, *, seed: Optional[int] = None) -> dict:
-        """Learn the mask from train (and test) gradients: flat [n, p], or factors (a, g) of
-        a linear layer. Returns the fitting report."""
-        if not self.mask.learned:
-            raise ValueError(f"layer {self.info.name!r}: a random mask has nothing to fit")
-        idx, report = learn_flat_mask(fit_data_flat(self.info, train), fit_data_flat(self.info, test),
-                                      self.mask.k, fit=self.fit_options, seed=self._fit_seed(seed))
-        self.mask.set(idx)
-        self._forget_cache()
-        self.fit_report = report
-        return report
 
-    def state_dict(self) -> dict:
-        return {"indices": self.mask.indices.clone()} if self.mask.learned and self.mask.fitted else {}
-
-    def load_state_dict(self, state) -> None:
-        if not self.mask.learned:
-            return super().load_state_dict(state)
-        _expect_keys(self, state, {"indices"})
-        self.mask.set(state["indices"], "indices")
-        self._forget_cache()
-
-
-class FactorMaskCompressor(Compressor):
+class FactorMaskCompressor(LearnedFactorMask, Compressor):
     """A linear layer's input and output masks; y = kron(a~[..., idx_in], g[..., idx_out])
     scaled, k = k_in * k_out (o-major, like kron)."""
 
@@ -242,12 +278,7 @@ class FactorMaskCompressor(Compressor):
         super().__init__(info, mask.k, seed)
         self.mask = mask
         self.method = "selective_mask" if learned else "random_factor_mask"
-        self.fit_options = MaskFit.coerce(fit)
-        self.fit_report: Optional[dict] = None
-
-    @property
-    def needs_fit(self) -> bool:
-        return not self.mask.fitted
+        self._init_fit(fit)
 
     def _options(self) -> dict:
         opts = {"k_in": self.mask.k_in, "k_out": self.mask.k_out}
@@ -266,30 +297,6 @@ class FactorMaskCompressor(Compressor):
         a = augment(a, self.info.bias)
         y = ops.kron(a[:, :, idx_in].contiguous(), g[:, :, idx_out].contiguous())
         return y.mul_(self.mask.scale) if self.mask.scale != 1.0 else y
-
-    def fit(self, train, test=None, *, seed: Optional[int] = None) -> dict:
-        """Learn both masks from train (and test) gradients: factors (a, g) or flat [n, p]."""
-        if not self.mask.learned:
-            raise ValueError(f"layer {self.info.name!r}: a random mask has nothing to fit")
-        idx_in, idx_out, report = learn_factor_masks(
-            fit_data_factored(self.info, train), fit_data_factored(self.info, test),
-            self.mask.k_in, self.mask.k_out, fit=self.fit_options, seed=self._fit_seed(seed))
-        self.mask.set(idx_in, idx_out)
-        self._forget_cache()
-        self.fit_report = report
-        return report
-
-    def state_dict(self) -> dict:
-        if not (self.mask.learned and self.mask.fitted):
-            return {}
-        return {"idx_in": self.mask.idx_in.clone(), "idx_out": self.mask.idx_out.clone()}
-
-    def load_state_dict(self, state) -> None:
-        if not self.mask.learned:
-            return super().load_state_dict(state)
-        _expect_keys(self, state, {"idx_in", "idx_out"})
-        self.mask.set(state["idx_in"], state["idx_out"])
-        self._forget_cache()
 
 
 def _expect_keys(comp: Compressor, state, keys) -> None:
