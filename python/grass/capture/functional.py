@@ -26,7 +26,8 @@ __all__ = ["per_sample_grads"]
 
 
 class _LossModule(nn.Module):
-    """Makes ``loss_fn(model, batch)`` callable by ``functional_call``."""
+    """Makes ``fn(model, batch)`` (a loss, or any function that calls the model) callable by
+    ``functional_call``: parameters are substituted under the names ``model.<name>``."""
 
     def __init__(self, model: nn.Module, fn: Callable):
         super().__init__()

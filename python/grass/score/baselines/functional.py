@@ -14,6 +14,7 @@ from torch.func import functional_call, grad, vmap
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 from ...capture.batch import batch_size, per_sample_dims
+from ...capture.functional import _LossModule
 
 __all__ = ["ParamSpace", "per_sample_gradients", "Curvature", "hvp", "move_batch"]
 
@@ -26,16 +27,6 @@ def move_batch(batch, device, dtype: torch.dtype = None):
         x = x.to(device)
         return x.to(dtype) if dtype is not None and x.is_floating_point() else x
     return tree_map(conv, batch)
-
-
-class _Call(nn.Module):
-    def __init__(self, model: nn.Module, fn: Callable):
-        super().__init__()
-        self.model = model
-        self.fn = fn
-
-    def forward(self, batch):
-        return self.fn(self.model, batch)
 
 
 class ParamSpace:
@@ -81,7 +72,7 @@ class ParamSpace:
         return out
 
     def call(self, fn: Callable, params: Dict[str, torch.Tensor], batch):
-        wrapper = _Call(self.model, fn)
+        wrapper = _LossModule(self.model, fn)
         return functional_call(wrapper, {f"model.{n}": p for n, p in params.items()}, (batch,))
 
 
