@@ -17,9 +17,7 @@ checked against each other.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 
 import torch
 
@@ -29,16 +27,7 @@ try:
 except ImportError as exc:  # pragma: no cover - a message, not a test
     sys.exit(f"bench_ifvp.py needs the grass package (pip install . from the repository root): {exc}")
 
-
-def median_seconds(fn, reps: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+from _common import median_seconds  # bench/_common.py (this script's folder is on sys.path)
 
 
 def blocks(flat: torch.Tensor, sizes):

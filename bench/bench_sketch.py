@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 import warnings
 
 import torch
@@ -32,16 +31,7 @@ try:
 except ImportError as exc:  # pragma: no cover - a message, not a test
     sys.exit(f"bench_sketch.py needs the grass package (pip install . from the repository root): {exc}")
 
-
-def median_seconds(fn, reps: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+from _common import median_seconds  # bench/_common.py (this script's folder is on sys.path)
 
 
 def ms(t: float) -> str:
