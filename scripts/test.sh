@@ -42,7 +42,7 @@ cmake --build "$BUILD/ex_subdir" -j "$JOBS"
 echo "== Python package and tests"
 "$PY" -m pip install -q --no-build-isolation .
 echo "== Python benchmark smoke runs"
-for b in bench_sketch bench_ifvp bench_mask; do "$PY" "bench/$b.py" --quick >/dev/null; done
+for b in bench_sketch bench_ifvp bench_mask bench_factored; do "$PY" "bench/$b.py" --quick >/dev/null; done
 # Run from outside the source tree so the installed package (with its compiled module) is imported.
 cd tests/python
 set +e
