@@ -6,6 +6,13 @@
 // the same register-blocked kernel and summation order as kron_cpu) and immediately
 // scattered into y[b] with the SJLT codes of columns o' * k_in + i'.
 //
+// Batches with at least one block of kLanes (16) samples per thread take the lane path
+// instead: the block's masked factors are gathered lane-interleaved, z is formed 16
+// samples at a time (one vector per column), and scattered into an interleaved
+// accumulator acc[k][16], so each code is loaded once per block and each add is one
+// vector op (the per-sample scatter was bound by one scalar read-modify-write per column).
+// It computes every lane's sums in the same order as the per-sample path: bitwise equal.
+//
 // The (bucket, sign) codes depend only on the column, so they are hashed once per call
 // and shared read-only by all threads, which amortises the hashing over the batch.
 // Memory: 4 bytes per (column, replica), i.e. 4 * k_in * k_out * s bytes, capped at
@@ -25,6 +32,8 @@
 #include <cstdint>
 #include <vector>
 
+#include <omp.h>
+
 #include "grass/args.h"
 #include "grass/check.h"
 #include "grass/hash.h"
@@ -36,6 +45,10 @@ namespace grass {
 namespace {
 
 constexpr int64_t kCodeBudget = int64_t{1} << 22;  // codes per tile (4 bytes each)
+// Lane path: kLanes samples share each code, with an interleaved accumulator acc[k][kLanes]
+// (64 k bytes per thread, so only up to kMaxLaneK).
+constexpr int64_t kLanes = 16;
+constexpr int64_t kMaxLaneK = int64_t{1} << 16;
 using detail::kKronNR;
 using detail::kKronVW;
 using detail::kron_micro;  // kron_tile.h: kron_cpu's kernel, so a masked kron then sjlt gives this z
@@ -50,6 +63,69 @@ void z_rows(const float* A, int64_t k_in, const float* G, int64_t ldg, int64_t T
 // Packed code of one (column, replica): bucket in the low 31 bits (k < 2^31), sign bit
 // (1 = negative) on top.
 constexpr uint32_t kNegBit = 0x80000000u;
+
+// One tile of output rows for the kLanes samples b0 .. b0 + kLanes - 1 (those < B): the
+// same sums as the per-sample path, lane by lane (z over t from +0 in ascending t, then
+// scaled, then added to y column by column in ascending order), so the two paths agree
+// bitwise; but each code is loaded once for kLanes samples and each add is one vector op.
+// first_tile: start y from zero, else continue from the y of the previous tiles.
+template <class Storage, class Tag>
+void lane_block(const Storage* as, const Storage* gs, Tag tag, const KronShape& shape,
+                const int64_t* idx_in, int64_t k_in, const int64_t* idx_out_tile, int64_t rows,
+                bool first_tile, const uint32_t* codes, int64_t s, float scale, int64_t k,
+                int64_t b0, float* a_l, float* g_l, float* acc, float* y) {
+  const int64_t T = shape.T, d_in = shape.d_in, d_out = shape.d_out;
+  const int64_t nb = std::min<int64_t>(kLanes, shape.B - b0);
+  if (nb < kLanes) {  // idle lanes compute zeros and are never stored
+    std::fill(a_l, a_l + T * k_in * kLanes, 0.0f);
+    std::fill(g_l, g_l + T * rows * kLanes, 0.0f);
+  }
+  for (int64_t l = 0; l < nb; ++l) {
+    const Storage* ab = as + (b0 + l) * T * d_in;
+    const Storage* gb = gs + (b0 + l) * T * d_out;
+    for (int64_t t = 0; t < T; ++t) {
+      for (int64_t i = 0; i < k_in; ++i) {
+        const int64_t src = idx_in[i];
+        a_l[(t * k_in + i) * kLanes + l] = src == d_in ? 1.0f : load_as_float(ab, t * d_in + src, tag);
+      }
+      for (int64_t q = 0; q < rows; ++q)
+        g_l[(t * rows + q) * kLanes + l] = load_as_float(gb, t * d_out + idx_out_tile[q], tag);
+    }
+  }
+  if (first_tile) {
+    std::fill(acc, acc + k * kLanes, 0.0f);
+  } else {
+    for (int64_t l = 0; l < nb; ++l)
+      for (int64_t j = 0; j < k; ++j) acc[j * kLanes + l] = y[(b0 + l) * k + j];
+  }
+  for (int64_t q = 0; q < rows; ++q) {
+    for (int64_t i = 0; i < k_in; ++i) {
+      alignas(64) float v[kLanes];
+      for (int l = 0; l < kLanes; ++l) v[l] = 0.0f;
+      for (int64_t t = 0; t < T; ++t) {
+        const float* gq = g_l + (t * rows + q) * kLanes;
+        const float* ai = a_l + (t * k_in + i) * kLanes;
+#pragma omp simd
+        for (int l = 0; l < kLanes; ++l) v[l] += gq[l] * ai[l];
+      }
+#pragma omp simd
+      for (int l = 0; l < kLanes; ++l) v[l] *= scale;
+      const uint32_t* c = codes + (q * k_in + i) * s;
+      for (int64_t r = 0; r < s; ++r) {
+        float* dst = acc + static_cast<int64_t>(c[r] & ~kNegBit) * kLanes;
+        if (c[r] & kNegBit) {
+#pragma omp simd
+          for (int l = 0; l < kLanes; ++l) dst[l] += -v[l];
+        } else {
+#pragma omp simd
+          for (int l = 0; l < kLanes; ++l) dst[l] += v[l];
+        }
+      }
+    }
+  }
+  for (int64_t l = 0; l < nb; ++l)
+    for (int64_t j = 0; j < k; ++j) y[(b0 + l) * k + j] = acc[j * kLanes + l];
+}
 
 }  // namespace
 
@@ -74,6 +150,10 @@ void factgrass_cpu(const void* a /* [B, T, d_in] */, const void* g /* [B, T, d_o
   const int64_t tile_rows = std::max<int64_t>(1, std::min(k_out, kCodeBudget / (k_in * s)));
   std::vector<uint32_t> codes(static_cast<size_t>(tile_rows * k_in * s));  // [tile cols, s]
   uint32_t* code_ptr = codes.data();
+  // Lane path when every thread gets at least one block of kLanes samples; small batches
+  // (a few long sequences) keep the per-sample path, which spreads samples over threads.
+  const int64_t blocks = (B + kLanes - 1) / kLanes;
+  const bool lane_path = k <= kMaxLaneK && blocks >= omp_get_max_threads();
 
   dispatch_float_dtype(dtype, [&](auto tag) {
     using Storage = typename decltype(tag)::storage;
@@ -81,9 +161,16 @@ void factgrass_cpu(const void* a /* [B, T, d_in] */, const void* g /* [B, T, d_o
     const Storage* gs = static_cast<const Storage*>(g);
 #pragma omp parallel
     {
-      std::vector<float> a_buf(static_cast<size_t>(T * k_in));       // A' [T, k_in]
-      std::vector<float> g_buf(static_cast<size_t>(T * tile_rows));  // G' [T, rows]
-      std::vector<float> z_buf(static_cast<size_t>(kKronNR * k_in));  // z tile [NR, k_in]
+      std::vector<float> a_buf, g_buf, z_buf, acc_buf;
+      if (lane_path) {
+        a_buf.resize(static_cast<size_t>(T * k_in * kLanes));       // A' [T, k_in, lanes]
+        g_buf.resize(static_cast<size_t>(T * tile_rows * kLanes));  // G' [T, rows, lanes]
+        acc_buf.resize(static_cast<size_t>(k * kLanes));            // y [k, lanes]
+      } else {
+        a_buf.resize(static_cast<size_t>(T * k_in));        // A' [T, k_in]
+        g_buf.resize(static_cast<size_t>(T * tile_rows));   // G' [T, rows]
+        z_buf.resize(static_cast<size_t>(kKronNR * k_in));  // z tile [NR, k_in]
+      }
       for (int64_t o_begin = 0; o_begin < k_out; o_begin += tile_rows) {
         const int64_t rows = std::min(tile_rows, k_out - o_begin);
         const int64_t cols = rows * k_in;
@@ -97,6 +184,14 @@ void factgrass_cpu(const void* a /* [B, T, d_in] */, const void* g /* [B, T, d_o
             hash.code(col0 + c, r, &bucket, &neg);
             code_ptr[c * s + r] = static_cast<uint32_t>(bucket) | (neg ? kNegBit : 0u);
           }
+        }
+        if (lane_path) {
+#pragma omp for schedule(static)
+          for (int64_t block = 0; block < blocks; ++block)
+            lane_block(as, gs, tag, shape, idx_in, k_in, idx_out + o_begin, rows, o_begin == 0,
+                       code_ptr, s, scale, k, block * kLanes, a_buf.data(), g_buf.data(),
+                       acc_buf.data(), y);
+          continue;
         }
 #pragma omp for schedule(static)
         for (int64_t b = 0; b < B; ++b) {

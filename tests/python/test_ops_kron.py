@@ -80,6 +80,26 @@ def test_factgrass_matches_reference_and_composition(B, T, d_in, d_out, bias, k,
     assert_close_sum(y, unfused, 2 * abs_sum, terms, "fused vs unfused")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("B, T, d_in, d_out, bias, k, s", [
+    (37, None, 30, 20, True, 64, 3),       # batch in blocks of samples, the last one partial
+    (40, 5, 25, 9, False, 128, 1),         # T > 1
+    (32, None, 1024, 600, False, 256, 8),  # codes in two tiles of output rows
+])
+def test_factgrass_batched_equals_one_sample_at_a_time(B, T, d_in, d_out, bias, k, s, dtype, gen):
+    """The CPU kernel's batched path (samples in lanes) must give, bitwise, what each sample
+    gives alone (the per-sample path): same sums in the same order."""
+    a, g = factors(B, T, d_in, d_out, dtype, "cpu", gen)
+    idx_in = ops.mask_indices(d_in + bias, max(1, (d_in + bias) // 2), seed=1)
+    idx_out = ops.mask_indices(d_out, max(1, d_out // 2), seed=2)
+    y = ops.factgrass(a, g, idx_in, idx_out, k, bias=bias, s=s, seed=5)
+    one = torch.cat([ops.factgrass(a[b:b + 1], g[b:b + 1], idx_in, idx_out, k, bias=bias, s=s, seed=5)
+                     for b in range(B)])
+    assert torch.equal(y, one)
+    expected = reference.factgrass(a, g, idx_in, idx_out, k, bias=bias, s=s, seed=5)
+    torch.testing.assert_close(y, expected.float(), rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+
+
 @pytest.mark.parametrize("device", devices)
 def test_factgrass_full_masks_equal_sjlt_of_kron(device, gen):
     """With identity masks FactGraSS is the SJLT of the whole per-sample gradient."""
