@@ -173,7 +173,7 @@ def test_exact_influence_matches_dense_float64_reference():
     model = models.build(models.mlp_spec(5, 3, hidden=(4,)), seed=0)
     x, y = torch.randn(30, 5), torch.randint(0, 3, (30,))
     xt, yt = torch.randn(4, 5), torch.randint(0, 3, (4,))
-    ex = exact.ExactInfluence(model, objectives.cross_entropy, x, y).fit(0.3)
+    ex = exact.KernelExactInfluence(model, objectives.cross_entropy, x, y).fit(0.3)
     got = ex.scores(xt, yt, objectives.margin)
     want = _explicit_reference(models.build(models.mlp_spec(5, 3, hidden=(4,)), seed=0), x, y, xt, yt, 0.3)
     torch.testing.assert_close(got, want, rtol=1e-8, atol=1e-10)

@@ -123,7 +123,7 @@ def test_lds_of_exact_influence_is_well_above_zero_and_shuffled_is_zero(split, g
     masks, targets = ground_truth.load()
     val, rep = lds.split_test(split.n_test, TINY.n_val)
     model = train.fit(ground_truth.config.model, split.x_train, split.y_train, TINY.train, seed=TINY.model_seed)
-    ex = exact.ExactInfluence(model, objectives.cross_entropy, split.x_train, split.y_train)
+    ex = exact.KernelExactInfluence(model, objectives.cross_entropy, split.x_train, split.y_train)
 
     def scores_at(d, index):
         return ex.fit(d).scores(split.x_test[index], split.y_test[index], objectives.margin).numpy()

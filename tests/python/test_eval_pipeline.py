@@ -53,7 +53,7 @@ def test_pipeline_scores_follow_the_sign_convention_of_the_exact_reference(ctx):
     run = methods.Run(methods.Method("influence", "Identity", 0), model, s.x_train, s.y_train,
                       str(ctx.out) + "/identity", progress=False).prepare().fit(0.1)
     got = run.scores(s.x_test[:5], s.y_test[:5]).double()
-    ex = exact.ExactInfluence(model, objectives.cross_entropy, s.x_train, s.y_train).fit(0.1)
+    ex = exact.KernelExactInfluence(model, objectives.cross_entropy, s.x_train, s.y_train).fit(0.1)
     want = ex.scores(s.x_test[:5], s.y_test[:5], objectives.margin)
     torch.testing.assert_close(got, want, rtol=2e-3, atol=2e-3 * float(want.abs().max()))
 
@@ -102,7 +102,7 @@ def test_mislabel_detection_with_grass_matches_exact_influence(ctx):
 def test_removal_study_uses_rankings_and_resumes_from_cache(ctx, tmp_path, monkeypatch):
     s = ctx.split
     group = ctx.rep[:40]
-    ex = exact.ExactInfluence(ctx.model(), objectives.cross_entropy, s.x_train, s.y_train).fit(1.0)
+    ex = exact.KernelExactInfluence(ctx.model(), objectives.cross_entropy, s.x_train, s.y_train).fit(1.0)
     order = removal.removal_order(removal.helpfulness(ex.scores(s.x_test[group], s.y_test[group],
                                                                 objectives.margin)))
     kw = dict(fractions=[0.3], seeds=2, cache_dir=str(tmp_path), progress=False)

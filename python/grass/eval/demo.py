@@ -76,7 +76,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _run(args) -> int:
     from . import datasets, lds, metrics, mislabel, objectives, plots, presets
     from .experiments import Context, lds_of_exact, lds_of_method
-    from .exact import ExactInfluence
+    from .exact import KernelExactInfluence
     from .jobs import JobCache
     from .methods import Method, Run, batches
 
@@ -182,7 +182,7 @@ def _run(args) -> int:
                     target="logprob", progress=progress)
             si = r.prepare().fit().self_influence().numpy()
             r.remove_store()
-            ex = ExactInfluence(noisy, objectives.cross_entropy, s.x_train, y_noisy)
+            ex = KernelExactInfluence(noisy, objectives.cross_entropy, s.x_train, y_noisy)
             lam = {n: 0.1 * ex.fisher_trace(n) / min(k, ex.layer_numel(n)) for n, _ in ex.layers}
             si_exact = ex.fit(lam, relative=False).self_influence().numpy()
             return {"grass": si.tolist(), "exact": si_exact.tolist()}

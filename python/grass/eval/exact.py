@@ -24,7 +24,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Union
 import torch
 from torch import nn
 
-__all__ = ["ExactInfluence"]
+__all__ = ["KernelExactInfluence"]
 
 
 def _linear_layers(model: nn.Module, layers: Optional[Sequence[str]]) -> List[tuple]:
@@ -43,8 +43,11 @@ def _linear_layers(model: nn.Module, layers: Optional[Sequence[str]]) -> List[tu
     return out
 
 
-class ExactInfluence:
+class KernelExactInfluence:
     """Uncompressed block-diagonal (per ``nn.Linear``) empirical-Fisher influence.
+
+    The evaluation's float64 reference for MLPs, in kernel form (an N x N solve per layer).
+    The general user-facing baseline is ``grass.score.baselines.ExactInfluence``.
 
     Inputs to every attributed layer must be [B, d] (one vector per sample, as in an MLP).
     Scores follow grass's sign convention: positive = the training example helps the target.
@@ -72,7 +75,7 @@ class ExactInfluence:
         for name, mod in self.layers:
             def fwd(m, inp, out, name=name):
                 if inp[0].dim() != 2:
-                    raise ValueError(f"ExactInfluence needs [B, d] inputs to layer {name!r}, "
+                    raise ValueError(f"KernelExactInfluence needs [B, d] inputs to layer {name!r}, "
                                      f"got shape {tuple(inp[0].shape)}")
                 inputs[name] = inp[0].detach()
                 out.register_hook(lambda gr, name=name: grads.__setitem__(name, gr.detach()))
@@ -113,7 +116,7 @@ class ExactInfluence:
         return float(torch.diagonal(self.kernels[name]).sum() / self.n)
 
     def fit(self, damping: Union[float, Dict[str, float]] = 0.1, relative: bool = True
-            ) -> "ExactInfluence":
+            ) -> "KernelExactInfluence":
         """Factor (Nλ_l I + K_l) per layer. ``damping``: a factor of the mean eigenvalue
         trace(F_l)/p_l when ``relative``, else the absolute λ (one value or per layer)."""
         self.damping = {}

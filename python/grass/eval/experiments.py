@@ -159,11 +159,11 @@ def lds_of_method(ctx: Context, method: Method, grid: Sequence[float] = DAMPING_
 
 def lds_of_exact(ctx: Context, grid: Sequence[float] = DAMPING_GRID) -> dict:
     """The uncompressed block-diagonal influence function (exact, float64)."""
-    from .exact import ExactInfluence
+    from .exact import KernelExactInfluence
     ctx.ground_truth()
     s = ctx.split
     t = time.perf_counter()
-    ex = ExactInfluence(ctx.model(), ctx.loss_fn, s.x_train, s.y_train)
+    ex = KernelExactInfluence(ctx.model(), ctx.loss_fn, s.x_train, s.y_train)
     tgt = objectives.target_fn(ctx.preset.target)
     xv, yv = s.x_test[ctx.val], s.y_test[ctx.val]
     best, table = lds.choose_damping(lambda d: ex.fit(d).scores(xv, yv, tgt).numpy(), grid,
@@ -331,9 +331,9 @@ def mislabel_of_method(ctx, model, y_noisy, flipped, method: Method, layers=None
 
 
 def mislabel_of_exact(ctx, model, y_noisy, flipped, damping: Dict[str, float], layers=None) -> dict:
-    from .exact import ExactInfluence
+    from .exact import KernelExactInfluence
     s = ctx.split
-    ex = ExactInfluence(model, ctx.loss_fn, s.x_train, y_noisy, layers=layers).fit(damping, relative=False)
+    ex = KernelExactInfluence(model, ctx.loss_fn, s.x_train, y_noisy, layers=layers).fit(damping, relative=False)
     si = ex.self_influence().numpy()
     sc = ex.scores(s.x_test[ctx.val], s.y_test[ctx.val], objectives.log_prob)
     x, y = metrics.detection_curve(si, flipped)
@@ -346,9 +346,9 @@ def mislabel_of_exact(ctx, model, y_noisy, flipped, damping: Dict[str, float], l
 def _matching_damping(model, y_noisy, ctx, k, layers=None, rel=0.1) -> Dict[str, float]:
     """The absolute λ_l = rel · trace(F_l) / min(k, p_l) that a compressed run at k uses by
     default (a JL sketch keeps trace(F_l) in expectation), for the uncompressed reference."""
-    from .exact import ExactInfluence
+    from .exact import KernelExactInfluence
     s = ctx.split
-    ex = ExactInfluence(model, ctx.loss_fn, s.x_train, y_noisy, layers=layers)
+    ex = KernelExactInfluence(model, ctx.loss_fn, s.x_train, y_noisy, layers=layers)
     return {n: rel * ex.fisher_trace(n) / min(k, ex.layer_numel(n)) for n, _ in ex.layers}
 
 
@@ -453,10 +453,10 @@ def cmd_removal(args) -> int:
             return {"order": order.tolist()}
         rankings[f"IF {name}"] = np.array(cache.run(m.key, rank)["order"])
     if args.exact:
-        from .exact import ExactInfluence
+        from .exact import KernelExactInfluence
 
         def rank_exact():
-            ex = ExactInfluence(model, ctx.loss_fn, s.x_train, s.y_train).fit(args.exact_damping)
+            ex = KernelExactInfluence(model, ctx.loss_fn, s.x_train, s.y_train).fit(args.exact_damping)
             sc = ex.scores(xg, yg, objectives.target_fn(preset.target))
             return {"order": removal.removal_order(removal.helpfulness(sc)).tolist()}
         rankings["IF exact"] = np.array(cache.run("exact", rank_exact)["order"])
