@@ -8,6 +8,7 @@
 #include <algorithm>
 
 #include "common.cuh"
+#include "kron_tile.cuh"
 #include "grass/args.h"
 #include "grass/kron.h"
 
@@ -56,16 +57,7 @@ __global__ void __launch_bounds__(kThreads)
             Gs[t][c] = gv;
           }
           __syncthreads();
-          for (int t = 0; t < tk; ++t) {
-            const float4 av = *reinterpret_cast<const float4*>(&As[t][tx * 4]);
-            const float4 gv = *reinterpret_cast<const float4*>(&Gs[t][ty * 4]);
-            const float ar[4] = {av.x, av.y, av.z, av.w};
-            const float gr[4] = {gv.x, gv.y, gv.z, gv.w};
-#pragma unroll
-            for (int m = 0; m < 4; ++m)
-#pragma unroll
-              for (int n = 0; n < 4; ++n) acc[m][n] += gr[m] * ar[n];
-          }
+          gpu::accumulate_tile_4x4(As, Gs, tk, tx, ty, acc);
           __syncthreads();
         }
 #pragma unroll
