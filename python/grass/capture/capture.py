@@ -17,7 +17,7 @@ from torch import nn
 
 from ..layers import LayerInfo
 from .batch import batch_size, take
-from .functional import per_sample_grads
+from .functional import check_loss_tensor, per_sample_grads
 from .hooks import FactorRecorder
 from .select import discover_layers
 
@@ -51,12 +51,7 @@ def preserved_buffers(model: nn.Module):
 
 
 def _check_losses(losses, B: int) -> torch.Tensor:
-    if not isinstance(losses, torch.Tensor):
-        raise TypeError(f"loss_fn must return a tensor of per-sample losses [B], got {type(losses).__name__}")
-    if losses.dim() == 0:
-        raise ValueError("loss_fn returned a scalar; it must return per-sample losses of shape [B] "
-                         "(e.g. reduction='none'): a mean would scale every gradient by 1/B and a sum "
-                         "would mix samples")
+    check_loss_tensor(losses)
     if tuple(losses.shape) != (B,):
         raise ValueError(f"loss_fn must return per-sample losses of shape [B] = [{B}], got "
                          f"{list(losses.shape)}")

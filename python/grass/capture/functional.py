@@ -25,6 +25,16 @@ from .select import _is_conv1d
 __all__ = ["per_sample_grads"]
 
 
+def check_loss_tensor(losses) -> None:
+    """loss_fn's result must be a tensor of per-sample losses, not a batch reduction."""
+    if not isinstance(losses, torch.Tensor):
+        raise TypeError(f"loss_fn must return a tensor of per-sample losses [B], got {type(losses).__name__}")
+    if losses.dim() == 0:
+        raise ValueError("loss_fn returned a scalar; it must return per-sample losses of shape [B] "
+                         "(e.g. reduction='none'): a mean would scale every gradient by 1/B and a sum "
+                         "would mix samples")
+
+
 class _LossModule(nn.Module):
     """Makes ``fn(model, batch)`` (a loss, or any function that calls the model) callable by
     ``functional_call``: parameters are substituted under the names ``model.<name>``."""
@@ -71,12 +81,7 @@ def per_sample_grads(model: nn.Module, fn: Callable, batch, entries: Sequence[Tu
                                  for x, d in zip(sample_leaves, dims)], spec)
         tensors = {name: prim[key] for name, key in bindings.items()}
         out = functional_call(wrapper, tensors, (sample,), tie_weights=False, strict=False)
-        if not isinstance(out, torch.Tensor):
-            raise TypeError(f"loss_fn must return a tensor of per-sample losses [B], got {type(out).__name__}")
-        if out.dim() == 0:
-            raise ValueError("loss_fn returned a scalar; it must return per-sample losses of shape "
-                             "[B] (e.g. reduction='none'): a mean would scale every gradient by 1/B "
-                             "and a sum would mix samples")
+        check_loss_tensor(out)
         if tuple(out.shape) != (1,):
             raise ValueError(f"loss_fn must return per-sample losses of shape [B]; for a batch of "
                              f"one sample it returned shape {list(out.shape)}")
