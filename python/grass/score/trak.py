@@ -20,6 +20,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import torch
 
+from ..store.files import load_cache, save_cache
 from .checkpoints import checkpoint_weights
 from .stream import ScoreTerm, full_scores, top_k_scores
 
@@ -141,8 +142,9 @@ class TRAK:
         for i, attr in self._each():
             store = attr.cache(train_loader)
             path = os.path.join(attr.run_dir, "trak_probabilities.pt")
-            saved = torch.load(path, weights_only=True) if os.path.exists(path) else None
-            if saved is not None and saved.get("store") == store.digest:
+            saved = load_cache(path, "TRAK's training probabilities")
+            if (isinstance(saved, dict) and saved.get("store") == store.digest
+                    and isinstance(saved.get("p"), torch.Tensor) and saved["p"].numel() == store.num_rows):
                 self._probabilities[i] = saved["p"]
                 continue
             p = torch.cat([self.margin.probabilities(attr.model, attr.to_device(b)).cpu()
@@ -150,7 +152,7 @@ class TRAK:
             if p.numel() != store.num_rows:
                 raise ValueError(f"the loader yielded {p.numel()} examples, the store holds "
                                  f"{store.num_rows}")
-            torch.save({"store": store.digest, "p": p}, path)
+            save_cache({"store": store.digest, "p": p}, path)
             self._probabilities[i] = p
 
     def fit(self, damping=None, *, relative: bool = True) -> "TRAK":
