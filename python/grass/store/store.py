@@ -290,7 +290,7 @@ class _StoreLayout:
 
     @property
     def checksum_algorithm(self) -> str:
-        """How chunks are checksummed: "xxh3_64", or "crc32" in version 1 stores."""
+        """How chunks are checksummed: "xxh3_64/4MiB", or "crc32" in version 1 stores."""
         return self._manifest.get("checksum", "crc32")
 
     @property
