@@ -463,6 +463,9 @@ class Attributor:
                 if pre.block_sizes != list(saved["block_sizes"]) or sum(pre.block_sizes) != store.dim:
                     raise ValueError(f"its blocks {pre.block_sizes} do not split the store's "
                                      f"K={store.dim}")
+                if record is not None and pre.damping.tolist() != record["damping"]:
+                    raise ValueError(f"its damping {pre.damping.tolist()} is not the damping of the "
+                                     f"last fit, {record['damping']} (that fit did not finish)")
             except (KeyError, TypeError, ValueError, RuntimeError) as e:
                 warnings.warn(f"{path} (the preconditioner) cannot be used: {e}; {refit}",
                               CacheFileWarning, stacklevel=3)

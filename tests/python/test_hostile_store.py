@@ -228,6 +228,39 @@ def test_edited_fit_record_is_not_used(run, pristine):
             attributor(run).scores(test)
 
 
+@pytest.mark.parametrize("how", ["pickle", "truncated"])
+def test_unusable_trak_probabilities_are_recomputed(tmp_path, how):
+    from grass.score import TRAK
+    train, test = loaders()
+
+    def trak():
+        t = TRAK(model(), lambda m, b: (m(b[0]), b[1]), grass.compress.Identity(),
+                 store=tmp_path / "trak", checkpoints=[None], progress=False)
+        t.cache(train)
+        return t.fit(damping=0.05).scores(test)
+
+    want = trak()
+    files = list((tmp_path / "trak").rglob("trak_probabilities.pt"))
+    assert len(files) == 1
+    _damage_file(files[0], how, tmp_path)
+    with pytest.warns(CacheFileWarning, match="trak_probabilities.pt"):
+        got = trak()
+    assert torch.equal(got, want) and not (tmp_path / "ran").exists()
+
+
+def test_preconditioner_left_by_an_interrupted_refit_is_not_used(run, pristine):
+    """fit.json is written first: a preconditioner.pt whose damping differs from it is left
+    from before a refit that did not finish, and is refitted, not used."""
+    _, test = loaders()
+    attr = attributor(run)
+    attr.fit(damping=0.5)
+    other = torch.load(run / "preconditioner.pt", weights_only=True)
+    attr.fit()  # the damping of the pristine run
+    torch.save(other, run / "preconditioner.pt")  # as if the last fit died before saving it
+    with pytest.warns(CacheFileWarning, match="damping"):
+        assert torch.equal(attributor(run).scores(test), pristine[1]["scores"])
+
+
 # ---------------------------------------------------------------- edited manifests
 
 def _edit_manifest(store_dir, key, value, *, rehash=False):
