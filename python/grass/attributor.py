@@ -271,7 +271,9 @@ class Attributor:
     def _check_layout(self, store: GradientStore) -> None:
         """The store's layout must be the one its fingerprint and these compressors give
         (an edited manifest of a version 1 store, which has no manifest checksum)."""
-        for key, mine in (("block_sizes", self.block_sizes), ("dtype", self.dtype)):
+        fp_rows = store.fingerprint.get("num_rows", store.num_rows)
+        for key, mine in (("block_sizes", self.block_sizes), ("dtype", self.dtype),
+                          ("num_rows", fp_rows)):
             if getattr(store, key) != mine:
                 raise StoreDamaged(
                     f"store {store.path!r} is damaged: its manifest says {key}="

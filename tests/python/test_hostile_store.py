@@ -329,6 +329,17 @@ def test_every_manifest_field_edited(run, pristine, key, rehash):
     _assert_refused_or_same(outcome, pristine, run / "train")
 
 
+def test_rows_appended_with_a_consistent_manifest(run):
+    """Rows added to the data file and to num_rows, with a recomputed manifest checksum:
+    consistent on its own, but not the store the run's fingerprint describes."""
+    with open(run / "train" / "gradients.bin", "ab") as f:
+        f.write(torch.ones(CHUNK, 24).numpy().tobytes())
+    _edit_manifest(run / "train", "num_rows", N + CHUNK, rehash=True)
+    _, test = loaders()
+    with pytest.raises(StoreDamaged, match=r"num_rows=80 but its fingerprint"):
+        attributor(run).scores(test)
+
+
 def test_manifest_that_is_not_json(run):
     (run / "train" / "manifest.json").write_bytes(b"\xff{ not json")
     with pytest.raises(StoreDamaged, match=r"store .*train.* is damaged: manifest.json is not valid JSON"):
