@@ -418,6 +418,34 @@ def test_damaged_data_is_refused_by_every_reader(run, how, reader):
         assert "rows [37] hold NaN or inf" in msg or how == "0x7f-bytes"
 
 
+@pytest.mark.parametrize("method", ["TRAK", "TracIn"])
+def test_damaged_data_is_refused_by_checkpoint_ensembles(tmp_path, method):
+    from grass.score import TRAK
+    from grass.score.baselines import TracIn
+    train, test = loaders()
+
+    def build():
+        if method == "TRAK":
+            return TRAK(model(), lambda m, b: (m(b[0]), b[1]), grass.compress.Identity(),
+                        store=tmp_path / "run", checkpoints=[None], progress=False)
+        return TracIn(model(), ce, grass.compress.Identity(), store=tmp_path / "run",
+                      checkpoints=[None], progress=False)
+
+    first = build()
+    first.cache(train)
+    if method == "TRAK":
+        first.fit(damping=0.05)
+    first.scores(test)
+    [data] = list((tmp_path / "run").rglob("train/gradients.bin"))
+    _damage_data_at(data.parent, row=3)
+    again = build()
+    with pytest.raises(StoreDamaged, match=r"chunk 0 \(rows 0\.\.\d+\) of gradients.bin fails"):
+        again.cache(train)
+        if method == "TRAK":
+            again.fit(damping=0.05)
+        again.scores(test)
+
+
 def test_damaged_cached_test_gradients_are_refused(run):
     _damage_data_at(run / "test-test", row=2)
     with pytest.raises(StoreDamaged, match=r"test-test.* is damaged: chunk 0 \(rows 0..6\)"):
