@@ -37,7 +37,7 @@ using Array = nb::ndarray<nb::ro>;  // inputs: read-only views (read-only numpy 
 // ---------------------------------------------------------------- element types
 
 // Element types as bits, so that an argument can accept a set of them.
-enum Kind : unsigned { kF32 = 1, kF16 = 2, kBF16 = 4, kF64 = 8, kI64 = 16, kI8 = 32 };
+enum Kind : unsigned { kF32 = 1u, kF16 = 2u, kBF16 = 4u, kF64 = 8u, kI64 = 16u, kI8 = 32u };
 constexpr unsigned kSketch = kF32 | kF16 | kBF16;  // what the sketches read
 constexpr unsigned kGather = kSketch | kF64;       // a byte gather reads anything
 constexpr unsigned kFisher = kF32 | kF64;          // the iFVP works in float64
@@ -59,9 +59,9 @@ unsigned kind_of(nb::dlpack::dtype t) {
   using Code = nb::dlpack::dtype_code;
   if (t.lanes != 1) return 0;
   if (t.code == (uint8_t)Code::Float)
-    return t.bits == 32 ? kF32 : t.bits == 16 ? kF16 : t.bits == 64 ? kF64 : 0;
-  if (t.code == (uint8_t)Code::Bfloat) return t.bits == 16 ? kBF16 : 0;
-  if (t.code == (uint8_t)Code::Int) return t.bits == 64 ? kI64 : t.bits == 8 ? kI8 : 0;
+    return t.bits == 32 ? unsigned{kF32} : t.bits == 16 ? unsigned{kF16} : t.bits == 64 ? unsigned{kF64} : 0u;
+  if (t.code == (uint8_t)Code::Bfloat) return t.bits == 16 ? unsigned{kBF16} : 0u;
+  if (t.code == (uint8_t)Code::Int) return t.bits == 64 ? unsigned{kI64} : t.bits == 8 ? unsigned{kI8} : 0u;
   return 0;
 }
 
@@ -363,7 +363,7 @@ int64_t packed_size(Call& c, const View& sizes, int64_t* K) {
 #define GRASS_CUDA(body) [](void*) {}
 #endif
 
-nb::object sjlt(const Array& x, nb::handle out, int64_t k, int64_t s, uint64_t seed, bool det,
+nb::object sjlt(const Array& x, nb::handle out, int64_t k, int64_t s, uint64_t seed, [[maybe_unused]] bool det,
                 uintptr_t stream, nb::handle alloc) {
   Call c("sjlt", alloc, stream);
   const View X = c.in("x", x, {2}, "[B, p]", kSketch);
@@ -375,7 +375,7 @@ nb::object sjlt(const Array& x, nb::handle out, int64_t k, int64_t s, uint64_t s
 }
 
 nb::object sjlt_csr(const Array& indptr, const Array& indices, const Array& values, nb::handle out,
-                    int64_t p, int64_t k, int64_t s, uint64_t seed, bool det, uintptr_t stream,
+                    int64_t p, int64_t k, int64_t s, uint64_t seed, [[maybe_unused]] bool det, uintptr_t stream,
                     nb::handle alloc) {
   Call c("sjlt_csr", alloc, stream);
   const View V = c.in("x.values()", values, {1}, "[nnz]", kSketch);
@@ -451,7 +451,7 @@ nb::object mask_gather(const Array& x, const Array& idx, nb::handle out, uintptr
 }
 
 nb::object masked_sjlt(const Array& x, const Array& idx, nb::handle out, int64_t k, int64_t s,
-                       uint64_t seed, bool det, uintptr_t stream, nb::handle alloc) {
+                       uint64_t seed, [[maybe_unused]] bool det, uintptr_t stream, nb::handle alloc) {
   Call c("masked_sjlt", alloc, stream);
   const View X = c.in("x", x, {2}, "[B, p]", kSketch);
   const View I = c.in("idx", idx, {1}, "[k']", kI64);
@@ -525,7 +525,7 @@ nb::object kron(const Array& a, const Array& g, nb::handle out, bool bias, uintp
 }
 
 nb::object factgrass(const Array& a, const Array& g, const Array& idx_in, const Array& idx_out,
-                     nb::handle out, int64_t k, bool bias, int64_t s, uint64_t seed, bool det,
+                     nb::handle out, int64_t k, bool bias, int64_t s, uint64_t seed, [[maybe_unused]] bool det,
                      uintptr_t stream, nb::handle alloc) {
   Call c("factgrass", alloc, stream);
   View A, G;
