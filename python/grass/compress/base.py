@@ -260,14 +260,6 @@ class CompressorSpec:
             raise ValueError(f"{type(self).__name__} needs k")
         return int(self._layer_value(self.k, info, "k"))
 
-    @staticmethod
-    def _whole(info: LayerInfo, k: int) -> Optional[Compressor]:
-        """The Identity compressor for a layer no larger than k, else None."""
-        if k >= info.numel:
-            from .identity import IdentityCompressor
-            return IdentityCompressor(info, seed=0)
-        return None
-
 
 def _check_k(k, what: str):
     if isinstance(k, Mapping):

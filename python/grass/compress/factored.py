@@ -22,6 +22,8 @@ from typing import Optional
 from .. import ops
 from ..layers import LayerInfo, derive_seed
 from .base import Compressor, CompressorSpec, _check_k, split_factors
+from .fit import FittedSpec
+from .identity import whole_layer
 from .dense import Gaussian, projection_columns
 from .grass import DEFAULT_MASK_FACTOR, GraSS, check_mask_kind
 from .mask import FactorMask, LearnedFactorMask, _factor_sizes, augment
@@ -147,7 +149,7 @@ class FactorizedSJLTCompressor(Compressor):
         return left.transpose(1, 2).reshape(B, -1)
 
 
-class _FactoredSpec(CompressorSpec):
+class _FactoredSpec(FittedSpec, CompressorSpec):
     """Shared by the factored specs: per-layer (k_in, k_out) and the flat fallback."""
 
     _per_layer_options = ("k", "k_in", "k_out")
@@ -212,7 +214,7 @@ class LoGra(_FactoredSpec):
     def _build_linear(self, info, seed):
         k_in, k_out = _factor_sizes(self, info, self.options["k_in"], self.options["k_out"])
         if k_in * k_out >= info.numel:
-            return self._whole(info, info.numel)
+            return whole_layer(info, info.numel)
         return LoGraCompressor(info, k_in, k_out, seed)
 
 
@@ -234,7 +236,7 @@ class FactorizedSJLT(_FactoredSpec):
     def _build_linear(self, info, seed):
         k_in, k_out = _factor_sizes(self, info, self.options["k_in"], self.options["k_out"])
         if k_in * k_out >= info.numel:
-            return self._whole(info, info.numel)
+            return whole_layer(info, info.numel)
         return FactorizedSJLTCompressor(info, k_in, k_out, seed, s=min(self.options["s"], k_in, k_out),
                                         deterministic=self.deterministic)
 
@@ -276,7 +278,7 @@ class FactGraSS(_FactoredSpec):
 
     def _build_linear(self, info, seed):
         k = self._k_for(info)
-        whole = self._whole(info, k)
+        whole = whole_layer(info, k)
         if whole is not None:
             return whole
         o = self.options

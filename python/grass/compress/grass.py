@@ -12,6 +12,8 @@ import torch
 from .. import ops
 from ..layers import LayerInfo
 from .base import Compressor, CompressorSpec
+from .fit import FittedSpec
+from .identity import whole_layer
 from .mask import FlatMask, LearnedFlatMask, gather_factors, split_indices
 from .selective import MaskFit
 from .sketch import _check_s
@@ -86,7 +88,7 @@ class GraSSCompressor(LearnedFlatMask, Compressor):
                                      deterministic=self.deterministic))
 
 
-class GraSS(CompressorSpec):
+class GraSS(FittedSpec, CompressorSpec):
     """Mask each layer's gradient to k' coordinates, then SJLT to k.
 
     k_mask: k' (int or {layer: int}); default ``mask_factor * k`` (mask_factor default 4).
@@ -117,7 +119,7 @@ class GraSS(CompressorSpec):
 
     def _build_one(self, info: LayerInfo, seed: int) -> Compressor:
         k = self._k_for(info)
-        whole = self._whole(info, k)
+        whole = whole_layer(info, k)
         if whole is not None:
             return whole
         k_mask = self.options["k_mask"]

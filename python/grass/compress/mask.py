@@ -19,6 +19,8 @@ import torch
 from .. import ops
 from ..layers import LayerInfo, derive_seed
 from .base import Compressor, CompressorSpec, split_factors
+from .fit import FittedSpec
+from .identity import whole_layer
 from .selective import MaskFit, learn_factor_masks, learn_flat_mask
 
 __all__ = ["RandomMask", "SelectiveMask", "MaskCompressor", "FactorMaskCompressor",
@@ -315,10 +317,10 @@ class RandomMask(CompressorSpec):
 
     def _build_one(self, info: LayerInfo, seed: int) -> Compressor:
         k = self._k_for(info)
-        return self._whole(info, k) or MaskCompressor(info, k, seed, learned=False)
+        return whole_layer(info, k) or MaskCompressor(info, k, seed, learned=False)
 
 
-class SelectiveMask(CompressorSpec):
+class SelectiveMask(FittedSpec, CompressorSpec):
     """Keep k coordinates per layer chosen to preserve train x test gradient inner products
     (learned; call ``fit`` before use). On a linear layer (``factored=True``, the default)
     it masks input and output dimensions, k_in * k_out <= k (``split_factors``), or the
@@ -351,10 +353,10 @@ class SelectiveMask(CompressorSpec):
         if info.kind == "linear" and self.options["factored"]:
             k_in, k_out = _factor_sizes(self, info, self.options["k_in"], self.options["k_out"])
             if k_in * k_out >= info.numel:
-                return self._whole(info, info.numel)
+                return whole_layer(info, info.numel)
             return FactorMaskCompressor(info, k_in, k_out, seed, learned=True, fit=fit)
         k = self._k_for(info)
-        return self._whole(info, k) or MaskCompressor(info, k, seed, learned=True, fit=fit)
+        return whole_layer(info, k) or MaskCompressor(info, k, seed, learned=True, fit=fit)
 
 
 def _factor_sizes(spec: CompressorSpec, info: LayerInfo, k_in, k_out) -> Tuple[int, int]:
