@@ -225,14 +225,6 @@ class CompressorSpec:
         """True when the built compressors learn a mask from gradients before use."""
         return False
 
-    def fit(self, compressors: Mapping[str, Compressor], capture, train_batches,
-            test_batches=None, **kwargs) -> Dict[str, dict]:
-        """Fit the compressors this spec built that learn (selective masks) on gradients of
-        ``capture``; same as ``grass.compress.fit_compressors`` (see there for the keyword
-        options). Returns ``{layer name: fitting report}``."""
-        from .fit import fit_compressors
-        return fit_compressors(compressors, capture, train_batches, test_batches, **kwargs)
-
     def __repr__(self) -> str:
         cfg = self.config()
         cfg.pop("method")
