@@ -55,6 +55,11 @@ class CheckpointAttributors:
             with checkpoint_weights(self.model, ckpt):
                 yield i, attr
 
+    def cache(self, train_loader) -> None:
+        """Each checkpoint's training gradients into its store (resumable)."""
+        for _, attr in self.each():
+            attr.cache(train_loader)
+
 
 class TRAK(CheckpointAttributors):
     """TRAK scores with grass compressors as the projection, over one or more checkpoints.

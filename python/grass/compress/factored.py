@@ -22,10 +22,10 @@ from typing import Optional
 from .. import ops
 from ..layers import LayerInfo, derive_seed
 from .base import Compressor, CompressorSpec, _check_k, split_factors
+from .dense import Gaussian, projection_columns
 from .fit import FittedSpec
 from .identity import whole_layer
-from .dense import Gaussian, projection_columns
-from .grass import DEFAULT_MASK_FACTOR, GraSS, check_mask_kind
+from .grass import DEFAULT_MASK_FACTOR, GraSS, check_mask_kind, warn_rank
 from .mask import FactorMask, LearnedFactorMask, _factor_sizes, augment
 from .selective import MaskFit
 from .sketch import SJLT, _check_s
@@ -287,6 +287,7 @@ class FactGraSS(_FactoredSpec):
         else:
             budget = max(k, int(round(o["mask_factor"] * k)))
             k_in, k_out = split_factors(budget, _d_in_aug(info), info.d_out)
+        warn_rank(info, k, k_in * k_out, "k_in * k_out")
         return FactGraSSCompressor(info, k, seed, k_in=k_in, k_out=k_out, s=min(o["s"], k),
                                    learned=o["mask"] == "selective", fit=o.get("fit"),
                                    deterministic=self.deterministic)
