@@ -198,7 +198,7 @@ def check_indices(idx: torch.Tensor, n: int, *, name: str = "idx") -> torch.Tens
     if not isinstance(idx, torch.Tensor) or idx.dtype != torch.int64:
         _fail(fn, f"{name} must be an int64 tensor, got "
                   f"{getattr(idx, 'dtype', type(idx).__name__)}")
-    _require_in_range(fn, name, idx.detach(), _int(fn, "n", n))
+    _require_in_range(fn, name, idx, _int(fn, "n", n))
     return idx
 
 

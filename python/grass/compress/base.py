@@ -88,8 +88,11 @@ class Compressor:
         # Generic path: forms this layer's [B, p] gradient, one batch at a time.
         return self._compress(ops.kron(a, g, bias=self.info.bias))
 
-    def _cached(self, key: str, device: torch.device, make: Callable[[], torch.Tensor]) -> torch.Tensor:
-        """A tensor built once (on CPU by ``make``) and kept per device."""
+    def _cached(self, key: str, device: torch.device, make: Callable[[], torch.Tensor],
+                bound: Optional[int] = None) -> torch.Tensor:
+        """A tensor built once (on CPU by ``make``) and kept per device. Index tensors give
+        ``bound``: each copy is range-checked once, when it is made (``ops.check_indices``),
+        so the kernels that read it on CUDA need no device sync per call."""
         device = torch.device(device)
         hit = self._device_cache.get((key, device))
         if hit is None:
@@ -98,6 +101,8 @@ class Compressor:
                 cpu = make()
                 self._device_cache[(key, torch.device("cpu"))] = cpu
             hit = cpu.to(device)
+            if bound is not None:
+                ops.check_indices(hit, bound, name=key)
             self._device_cache[(key, device)] = hit
         return hit
 

@@ -100,15 +100,15 @@ class FactGraSSCompressor(LearnedFactorMask, Compressor):
         return y.mul_(self.mask.scale) if self.mask.scale != 1.0 else y
 
     def _compress_factors(self, a, g):
-        idx_in = self._cached("in", a.device, lambda: self.mask.idx_in)
-        idx_out = self._cached("out", a.device, lambda: self.mask.idx_out)
+        idx_in = self._cached("in", a.device, lambda: self.mask.idx_in, self.mask.d_in)
+        idx_out = self._cached("out", a.device, lambda: self.mask.idx_out, self.mask.d_out)
         y = ops.factgrass(a, g, idx_in, idx_out, self.k, bias=self.info.bias, s=self.s,
                           seed=self.seed, deterministic=self.deterministic)
         return self._scaled(y)
 
     def _compress(self, grad):
         # The same map on the flat gradient: GraSS with the Kronecker-structured mask.
-        idx = self._cached("flat", grad.device, self.mask.flat_indices)
+        idx = self._cached("flat", grad.device, self.mask.flat_indices, self.mask.d_in * self.mask.d_out)
         y = ops.masked_sjlt(grad, idx, self.k, s=self.s, seed=self.seed,
                             deterministic=self.deterministic)
         return self._scaled(y)

@@ -85,7 +85,7 @@ class GraSSCompressor(LearnedFlatMask, Compressor):
         if self.mask.k >= self.mask.p:  # nothing masked: a plain SJLT
             y = ops.sjlt(grad, self.k, s=self.s, seed=self.seed, deterministic=self.deterministic)
         else:
-            idx = self._cached("idx", grad.device, lambda: self.mask.indices)
+            idx = self._cached("idx", grad.device, lambda: self.mask.indices, self.mask.p)
             y = ops.masked_sjlt(grad, idx, self.k, s=self.s, seed=self.seed,
                                 deterministic=self.deterministic)
         return self._scaled(y)

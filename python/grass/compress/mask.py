@@ -255,7 +255,7 @@ class MaskCompressor(LearnedFlatMask, Compressor):
         return {"fit": self.fit_options.to_dict()} if self.mask.learned else {}
 
     def _index(self, device) -> torch.Tensor:
-        return self._cached("idx", device, lambda: self.mask.indices)
+        return self._cached("idx", device, lambda: self.mask.indices, self.mask.p)
 
     def _compress(self, grad):
         y = ops.mask_gather(grad, self._index(grad.device)).float()
@@ -289,13 +289,13 @@ class FactorMaskCompressor(LearnedFactorMask, Compressor):
         return opts
 
     def _compress(self, grad):
-        idx = self._cached("flat", grad.device, self.mask.flat_indices)
+        idx = self._cached("flat", grad.device, self.mask.flat_indices, self.mask.d_in * self.mask.d_out)
         y = ops.mask_gather(grad, idx).float()
         return y.mul_(self.mask.scale) if self.mask.scale != 1.0 else y
 
     def _compress_factors(self, a, g):
-        idx_in = self._cached("in", a.device, lambda: self.mask.idx_in)
-        idx_out = self._cached("out", a.device, lambda: self.mask.idx_out)
+        idx_in = self._cached("in", a.device, lambda: self.mask.idx_in, self.mask.d_in)
+        idx_out = self._cached("out", a.device, lambda: self.mask.idx_out, self.mask.d_out)
         a = augment(a, self.info.bias)
         y = ops.kron(a[:, :, idx_in].contiguous(), g[:, :, idx_out].contiguous())
         return y.mul_(self.mask.scale) if self.mask.scale != 1.0 else y
