@@ -1,14 +1,17 @@
-"""grass's CPU iFVP next to torch.linalg (LAPACK/BLAS), measured in one run.
+"""grass's two iFVP paths on the CPU, measured side by side in one run: the C++ core
+(``grass.ops``, what the CPU uses) and the batched torch path that
+``grass.precondition.ifvp`` runs on CUDA (``BlockBatches``: LAPACK/BLAS here).
 
     python bench/bench_ifvp.py            # N = 4096 rows, M = 256 right-hand sides
     python bench/bench_ifvp.py --quick    # a tiny configuration (a smoke test)
 
 For a few block layouts it times, median of --reps runs:
 
-- accumulation: ``grass.ops.fisher_accumulate(G, sizes)`` vs ``G_l.T @ G_l`` per block in
-  float64 (torch's BLAS),
-- factorisation: ``grass.ops.cholesky_factor`` vs ``torch.linalg.cholesky`` per block,
-- solve: ``grass.ops.cholesky_solve`` vs ``torch.cholesky_solve`` per block,
+- accumulation: ``grass.ops.fisher_accumulate(G, sizes)`` vs ``BlockBatches.fisher_accumulate``
+  (float64 ``bmm`` per block size),
+- factorisation: ``grass.ops.cholesky_factor`` vs ``BlockBatches.cholesky_factor``
+  (``torch.linalg.cholesky_ex``),
+- solve: ``grass.ops.cholesky_solve`` vs ``BlockBatches.cholesky_solve`` (``torch.cholesky_solve``),
 
 and prints GFLOP/s (multiply + add = 2 flops: accumulation N k^2 per block, as for one
 triangle; Cholesky k^3 / 3; solve 2 M k^2) and torch's time over grass's. Both sides are
@@ -24,18 +27,11 @@ import torch
 try:
     import grass
     from grass import ops
+    from grass.precondition.ifvp import BlockBatches
 except ImportError as exc:  # pragma: no cover - a message, not a test
     sys.exit(f"bench_ifvp.py needs the grass package (pip install . from the repository root): {exc}")
 
 from _common import median_seconds  # bench/_common.py (this script's folder is on sys.path)
-
-
-def blocks(flat: torch.Tensor, sizes):
-    out, offset = [], 0
-    for b in sizes:
-        out.append(flat[offset:offset + b * b].view(b, b))
-        offset += b * b
-    return out
 
 
 def main() -> int:
@@ -70,31 +66,32 @@ def main() -> int:
         chol = sum(b**3 / 3 for b in sizes)
         solve = sum(2 * M * b * b for b in sizes)
 
+        batches = BlockBatches(sizes, "cpu")
+        lam = torch.full((len(sizes),), damping, dtype=torch.float64)
+        packed = sum(b * b for b in sizes)
         t_acc = median_seconds(lambda: ops.fisher_accumulate(G, sizes), reps)
-        G64 = G.double()
-        cols = torch.split(G64, sizes, dim=1)
-        t_acc_torch = median_seconds(lambda: [c.T @ c for c in cols], reps)
+        t_acc_torch = median_seconds(
+            lambda: batches.fisher_accumulate(G, torch.zeros(packed, dtype=torch.float64)), reps)
 
         F = ops.fisher_accumulate(G, sizes)
         t_chol = median_seconds(lambda: ops.cholesky_factor(F.clone(), sizes, damping), reps)
         t_clone = median_seconds(lambda: F.clone(), reps)
-        damped = [Fl + damping * torch.eye(b, dtype=torch.float64) for Fl, b in zip(blocks(F, sizes), sizes)]
-        t_chol_torch = median_seconds(lambda: [torch.linalg.cholesky(A) for A in damped], reps)
+        t_chol_torch = median_seconds(lambda: batches.cholesky_factor(F.clone(), lam), reps)
 
         L = ops.cholesky_factor(F.clone(), sizes, damping)
+        L_torch = batches.cholesky_factor(F.clone(), lam)
         t_solve = median_seconds(lambda: ops.cholesky_solve(L, sizes, V), reps)
-        Ls = [torch.linalg.cholesky(A) for A in damped]
-        V64 = torch.split(V.double(), sizes, dim=1)
-        t_solve_torch = median_seconds(lambda: [torch.cholesky_solve(v.T, Lt) for v, Lt in zip(V64, Ls)], reps)
+        t_solve_torch = median_seconds(lambda: batches.cholesky_solve(L_torch, V, torch.empty_like(V)), reps)
 
         # Both sides agree.
         X = ops.cholesky_solve(L, sizes, V.double())
-        X_ref = torch.cat([torch.cholesky_solve(v.T, Lt).T for v, Lt in zip(V64, Ls)], dim=1)
+        X_ref = batches.cholesky_solve(L_torch, V.double(), torch.empty_like(V.double()))
         if not torch.allclose(X, X_ref, rtol=1e-8, atol=1e-10):
             print(f"ERROR: grass and torch solves differ on {name}")
             failures += 1
 
         t_chol_net = max(t_chol - t_clone, 1e-9)
+        t_chol_torch = max(t_chol_torch - t_clone, 1e-9)
         print(f"| {name} | {syrk / t_acc / 1e9:.1f} | {syrk / t_acc_torch / 1e9:.1f} | {t_acc_torch / t_acc:.2f} "
               f"| {chol / t_chol_net / 1e9:.1f} | {chol / t_chol_torch / 1e9:.1f} | {t_chol_torch / t_chol_net:.2f} "
               f"| {solve / t_solve / 1e9:.1f} | {solve / t_solve_torch / 1e9:.1f} | {t_solve_torch / t_solve:.2f} |",

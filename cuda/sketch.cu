@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "grass/tuning.h"
 #include "sketch.cuh"
 
 namespace grass {
@@ -11,29 +12,13 @@ namespace gpu {
 
 namespace {
 
-// Tuning hook: GRASS_CUDA_PLAN="rows=R,chunks=C,verbose" overrides the rows per block and
-// the chunks per row of the sketch kernels (chunks only in fast mode: deterministic plans
-// never split rows) and/or prints every plan to stderr. For benchmarking experiments only.
-struct PlanOverride {
-  int rows = 0;
-  int64_t chunks = 0;
-  bool verbose = false;
-};
+// Tuning hook for benchmarks (grass/tuning.h, set by bench_cuda --plan): overrides the rows
+// per block and the chunks per row of the sketch kernels (chunks only in fast mode:
+// deterministic plans never split rows) and/or prints every plan to stderr. Never read from
+// the environment: a library's launch plans do not change with a user's shell.
+CudaPlanOverride g_plan_override;
 
-const PlanOverride& plan_override() {
-  static const PlanOverride o = [] {
-    PlanOverride o;
-    const char* env = std::getenv("GRASS_CUDA_PLAN");
-    if (env == nullptr) return o;
-    const char* r = std::strstr(env, "rows=");
-    const char* c = std::strstr(env, "chunks=");
-    if (r != nullptr) o.rows = std::atoi(r + 5);
-    if (c != nullptr) o.chunks = std::atoll(c + 7);
-    o.verbose = std::strstr(env, "verbose") != nullptr;
-    return o;
-  }();
-  return o;
-}
+const CudaPlanOverride& plan_override() { return g_plan_override; }
 
 }  // namespace
 
@@ -71,7 +56,7 @@ RowsPlan plan_rows(const DeviceLimits& dev, int threads, int regs, int64_t B, in
     // Rows are the only parallelism: aim for at least one block per SM.
     R = static_cast<int>(std::min<int64_t>(R, std::max<int64_t>(1, B / dev.sms)));
   }
-  const PlanOverride& over = plan_override();
+  const CudaPlanOverride& over = plan_override();
   if (over.rows > 0) {
     const size_t unit = plan.global_acc ? per_row_extra : per_row;
     const size_t fit = unit > 0 ? budget / unit : static_cast<size_t>(max_rows);
@@ -125,4 +110,7 @@ void begin_output(SketchArgs& a, const RowsPlan& plan, cudaStream_t stream, cons
 }
 
 }  // namespace gpu
+
+void set_cuda_plan_override(const CudaPlanOverride& override) { gpu::g_plan_override = override; }
+
 }  // namespace grass

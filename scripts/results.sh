@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-RUN=("$PY" -m grass.eval.experiments --threads "${THREADS:-2}")
+RUN=("$PY" experiments/paper.py --threads "${THREADS:-2}")
 
 declare -A CMD=(
   [lds-table]="lds-table"

@@ -19,12 +19,14 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <string>
 #include <vector>
 
 #include "grass/grass.h"
+#include "grass/tuning.h"
 
 namespace {
 
@@ -310,8 +312,16 @@ int main(int argc, char** argv) {
     if (std::strcmp(argv[i], "--quick") == 0) {
       opt.quick = true;
       opt.reps = 3;
+    } else if (std::strcmp(argv[i], "--plan") == 0 && i + 1 < argc) {
+      // Tuning experiments: --plan rows=R,chunks=C,verbose overrides the launch plans.
+      const char* spec = argv[++i];
+      grass::CudaPlanOverride plan;
+      if (const char* r = std::strstr(spec, "rows=")) plan.rows = std::atoi(r + 5);
+      if (const char* c = std::strstr(spec, "chunks=")) plan.chunks = std::atoll(c + 7);
+      plan.verbose = std::strstr(spec, "verbose") != nullptr;
+      grass::set_cuda_plan_override(plan);
     } else {
-      std::fprintf(stderr, "usage: %s [--quick]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--quick] [--plan rows=R,chunks=C,verbose]\n", argv[0]);
       return 2;
     }
   }

@@ -138,7 +138,7 @@ void factgrass_cpu(const void* a /* [B, T, d_in] */, const void* g /* [B, T, d_o
   const int64_t d_aug = shape.d_in_aug();
   GRASS_CHECK(idx_in != nullptr && idx_out != nullptr, "idx_in and idx_out must not be null");
   // idx_in may name d_in, the ones column, only with bias: check_indices against d_in'.
-  check_indices(idx_in, k_in, d_aug, shape.bias ? "idx_in (in [0, d_in + 1) with bias)" : "idx_in");
+  check_indices(idx_in, k_in, d_aug, "idx_in");
   check_indices(idx_out, k_out, d_out, "idx_out");
   if (B == 0) return;
   GRASS_CHECK(a != nullptr && g != nullptr && y != nullptr, "a, g and y must not be null");

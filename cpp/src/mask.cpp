@@ -84,12 +84,12 @@ void check_indices(const int64_t* idx, int64_t n, int64_t p, const char* what) {
   GRASS_CHECK(n >= 0, "%s: length must be >= 0, got %lld", name, (long long)n);
   if (n == 0) return;
   GRASS_CHECK(idx != nullptr, "%s must not be null (length %lld)", name, (long long)n);
-  int64_t bad = -1;
-#pragma omp parallel for schedule(static) reduction(max : bad) if (n > 65536)
+  int64_t bad = n;  // the first bad position
+#pragma omp parallel for schedule(static) reduction(min : bad) if (n > 65536)
   for (int64_t j = 0; j < n; ++j)
-    if (idx[j] < 0 || idx[j] >= p) bad = std::max(bad, j);
-  GRASS_CHECK(bad < 0, "%s must be in [0, %lld), got %s[%lld] = %lld", name, (long long)p, name,
-              (long long)bad, (long long)(bad < 0 ? 0 : idx[bad]));
+    if (idx[j] < 0 || idx[j] >= p) bad = std::min(bad, j);
+  GRASS_CHECK(bad == n, "%s must hold indices in [0, %lld), got %s[%lld] = %lld", name, (long long)p,
+              name, (long long)bad, (long long)(bad == n ? 0 : idx[bad]));
 }
 
 void mask_gather_cpu(const void* x /* [B, p] */, DType dtype, int64_t B, int64_t p,

@@ -15,6 +15,8 @@ __version__ = _C.__version__
 # Public names provided by submodules, loaded lazily.
 _LAZY = {
     "Attributor": "grass.attributor",
+    "TRAK": "grass.ensemble",
+    "TracIn": "grass.ensemble",
     "compress": "grass.compress",
     "capture": "grass.capture",
     "store": "grass.store",
@@ -28,7 +30,7 @@ _LAZY = {
 def __getattr__(name):
     if name in _LAZY:
         module = _import_module(_LAZY[name])
-        return getattr(module, name) if name == "Attributor" else module
+        return getattr(module, name) if name in ("Attributor", "TRAK", "TracIn") else module
     raise AttributeError(f"module 'grass' has no attribute {name!r}")
 
 

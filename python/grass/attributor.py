@@ -345,8 +345,9 @@ class Attributor:
         return store
 
     def test_gradients(self, test) -> torch.Tensor:
-        """Compressed target gradients ∇f [M, K] (float32, CPU) of a loader of test
-        batches, of a cached test store (see `cache_test`), or given as a tensor."""
+        """Compressed target gradients ∇f [M, K] (float32) of a loader of test batches (on
+        the Attributor's device, where scoring uses them), of a cached test store (see
+        `cache_test`), or given as a tensor."""
         if isinstance(test, torch.Tensor):
             if test.dim() != 2 or test.shape[1] != self.dim:
                 raise ValueError(f"test gradients must be [M, K={self.dim}], got {tuple(test.shape)}")
@@ -368,7 +369,7 @@ class Attributor:
         with tqdm(desc="test gradients", unit="ex", dynamic_ncols=True,
                   disable=not self.progress) as bar:
             for batch in test:
-                g = self._compute(batch, self.target_fn).cpu()
+                g = self._compute(batch, self.target_fn)
                 rows.append(g)
                 bar.update(g.shape[0])
         if not rows:

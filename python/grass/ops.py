@@ -1,9 +1,14 @@
 """Thin torch ops over the native kernels of grass.
 
 Every op takes torch tensors on the CPU or a CUDA device (numpy arrays are accepted too:
-they are wrapped without a copy, and the result comes back as a numpy array), checks its
-arguments with messages that name the argument, what was expected and what came, and
-calls ``grass._C``, which exchanges the tensors zero-copy through DLPack.
+they are wrapped without a copy, and the result comes back as a numpy array) and calls
+``grass._C``, which exchanges the tensors zero-copy through DLPack. This module does what
+needs torch or Python: it turns Python values into the binding's types (detaching
+tensors, wrapping numpy, refusing devices DLPack cannot carry, integers that do not fit
+64 bits), allocates results on the input's device, passes the current CUDA stream and
+range-checks CUDA index tensors on the device. Arrays are checked once, in the binding
+(rank, dtype, device, contiguity, aliasing), and scalar ranges there or in the C++ core;
+their errors are raised here under the name of the op the caller used.
 
 Rules shared by all ops:
 
@@ -14,16 +19,22 @@ Rules shared by all ops:
   of the result's dtype and shape on the input's device; it is written in place and
   returned (never replaced by a new tensor).
 * Index tensors (masks, CSR indices) live on the input's device and are range-checked
-  before the kernel runs (on CUDA with torch, on the device).
+  before a kernel reads them: by the C++ core on the CPU (every call, no copy), and on
+  CUDA once per index tensor (one device sync the first time; a tensor is checked again
+  only after it is modified in place). :func:`check_indices` checks one ahead of time.
 * CUDA work runs on ``torch.cuda.current_stream()`` of the input's device.
 
 Shapes use B for the batch, p for the input dimension and k for the sketch size.
 """
 from __future__ import annotations
 
+import functools
 import numbers
+import re
+import threading
 import warnings
-from typing import Optional, Sequence, Tuple
+import weakref
+from typing import Sequence, Tuple
 
 import numpy as np
 import torch
@@ -33,180 +44,162 @@ from . import _C
 __all__ = [
     "sjlt", "sjlt_transpose", "sjlt_codes", "mask_indices", "mask_gather", "masked_sjlt",
     "fjlt", "fjlt_params", "kron", "factgrass", "fisher_accumulate", "cholesky_factor",
-    "cholesky_solve", "build_info", "cuda_available",
+    "cholesky_solve", "check_indices", "build_info", "cuda_available",
 ]
 
-_MAX_K = 2**31 - 1  # SJLT buckets are 32-bit internally
+_INT64 = 2**63
 _MAX_SEED = 2**64
-_SKETCH_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_GATHER_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-_FISHER_DTYPES = (torch.float32, torch.float64)
 _CUDA_COMPILED = bool(_C.build_info()["cuda_compiled"])
 
 
-# ----------------------------------------------------------------------------- checks
+# ----------------------------------------------------------------------------- Python values
 
 def _fail(fn: str, message: str):
     raise ValueError(f"grass.ops.{fn}: {message}")
 
 
-def _dtype_names(dtypes) -> str:
-    names = [str(d).replace("torch.", "") for d in dtypes]
-    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
-
-
-def _int(fn: str, name: str, value, lo: int, hi: Optional[int] = None, hint: str = "") -> int:
-    """value as an int in [lo, hi] (hi inclusive, None for unbounded)."""
+def _int(fn: str, name: str, value, lo: int = -_INT64) -> int:
+    """value as an int that fits int64 (the binding or the core checks its range; lo only
+    phrases the message for values too large to pass)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         _fail(fn, f"{name} must be an integer, got {type(value).__name__} {value!r}")
     value = int(value)
-    if value < lo or (hi is not None and value > hi):
-        want = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
-        _fail(fn, f"{name} must be {want}{hint}, got {value}")
+    if not -_INT64 <= value < _INT64:
+        _fail(fn, f"{name} must be in [{lo}, {_INT64 - 1}], got {value}")
     return value
 
 
 def _seed(fn: str, seed) -> int:
-    return _int(fn, "seed", seed, 0, _MAX_SEED - 1)
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        _fail(fn, f"seed must be an integer, got {type(seed).__name__} {seed!r}")
+    if not 0 <= int(seed) < _MAX_SEED:
+        _fail(fn, f"seed must be in [0, {_MAX_SEED - 1}], got {int(seed)}")
+    return int(seed)
 
 
-def _sjlt_ks(fn: str, k, s) -> Tuple[int, int]:
-    k = _int(fn, "k", k, 1, _MAX_K)
-    s = _int(fn, "s", s, 1, k, hint=" (1 <= s <= k)")
-    return k, s
-
-
-class _Arg:
-    """A tensor argument after conversion: the tensor and whether it came from numpy."""
-
-    __slots__ = ("tensor", "from_numpy")
-
-    def __init__(self, tensor: torch.Tensor, from_numpy: bool):
-        self.tensor = tensor
-        self.from_numpy = from_numpy
-
-
-def _as_tensor(fn: str, name: str, value, *, writable: bool = False) -> _Arg:
-    """A torch view of value (a tensor, or a numpy array wrapped without a copy)."""
+def _tensor(fn: str, name: str, value, *, ref_name: str = "", ref=None,
+            writable: bool = False) -> Tuple[torch.Tensor, bool]:
+    """A torch view of value (a tensor, or a numpy array wrapped without a copy) on a device
+    DLPack carries, and whether it came from numpy. None stays None."""
+    if value is None:
+        return None, False
+    from_numpy = isinstance(value, np.ndarray)
     if isinstance(value, torch.Tensor):
         if value.requires_grad:
             if writable:
                 _fail(fn, f"{name} must not require grad (it is written in place)")
             value = value.detach()
-        return _Arg(value, False)
-    if isinstance(value, np.ndarray):
-        if value.flags.writeable:
-            return _Arg(torch.from_numpy(value), True)
-        if writable:
+    elif from_numpy:
+        if not value.flags.writeable and writable:
             _fail(fn, f"{name} is a read-only numpy array, but it is written in place")
         with warnings.catch_warnings():  # read-only input: we never write through it
             warnings.simplefilter("ignore", UserWarning)
-            return _Arg(torch.from_numpy(value), True)
-    _fail(fn, f"{name} must be a torch.Tensor or numpy.ndarray, got {type(value).__name__}")
-
-
-def _shape(t: torch.Tensor) -> str:
-    return str(tuple(t.shape))
-
-
-def _check_ndim(fn: str, name: str, t: torch.Tensor, ndims, layout: str):
-    ndims = (ndims,) if isinstance(ndims, int) else tuple(ndims)
-    if t.dim() not in ndims:
-        want = " or ".join(f"{n}-D" for n in ndims)
-        _fail(fn, f"{name} must be a {want} tensor {layout}, got shape {_shape(t)}")
-
-
-def _check_dtype(fn: str, name: str, t: torch.Tensor, dtypes, hint: str = ""):
-    if t.dtype not in dtypes:
-        _fail(fn, f"{name} must be {_dtype_names(dtypes)}, got {str(t.dtype).replace('torch.', '')}{hint}")
-
-
-def _check_device(fn: str, name: str, t: torch.Tensor):
-    if t.device.type not in ("cpu", "cuda"):
-        _fail(fn, f"{name} must be a CPU or CUDA tensor, got device {t.device}")
-    if t.device.type == "cuda" and not _CUDA_COMPILED:
+            value = torch.from_numpy(value)
+    else:
+        _fail(fn, f"{name} must be a torch.Tensor or numpy.ndarray, got {type(value).__name__}")
+    if value.layout != torch.strided:
+        _fail(fn, f"{name} must be a dense (strided) tensor, got layout {value.layout}")
+    if value.device.type not in ("cpu", "cuda"):
+        if ref is not None:
+            _fail(fn, f"{name} must be on {ref_name}'s device {ref.device}, got {value.device}")
+        _fail(fn, f"{name} must be a CPU or CUDA tensor, got device {value.device}")
+    if value.device.type == "cuda" and not _CUDA_COMPILED:
         _fail(fn, f"{name} is a CUDA tensor, but {cuda_available()[1]}")
+    return value, from_numpy
 
 
-def _check_same_device(fn: str, name: str, t: torch.Tensor, ref_name: str, ref: torch.Tensor):
-    if t.device != ref.device:
-        _fail(fn, f"{name} must be on {ref_name}'s device {ref.device}, got {t.device}")
+@functools.lru_cache(maxsize=None)
+def _allocator(device: torch.device):
+    return lambda shape, dtype: torch.empty(shape, dtype=getattr(torch, dtype), device=device)
 
 
-def _check_contiguous(fn: str, name: str, t: torch.Tensor, written: bool = False):
-    if not t.is_contiguous():
-        hint = ("it is written in place, so pass a contiguous tensor" if written
-                else f"call {name}.contiguous() first")
-        _fail(fn, f"{name} must be contiguous (C order), got shape {_shape(t)} with strides "
-                  f"{tuple(t.stride())}; {hint}")
+_BINDING_NAME = re.compile(r"grass\.[\w.]+: ")
 
 
-def _input(fn: str, name: str, value, ndims, layout: str, dtypes, dtype_hint: str = "") -> _Arg:
-    """Converts and checks one input tensor: ndim, dtype, device, contiguity."""
-    arg = _as_tensor(fn, name, value)
-    t = arg.tensor
-    if t.layout != torch.strided:
-        _fail(fn, f"{name} must be a dense (strided) tensor, got layout {t.layout}")
-    _check_ndim(fn, name, t, ndims, layout)
-    _check_dtype(fn, name, t, dtypes, dtype_hint)
-    _check_device(fn, name, t)
-    _check_contiguous(fn, name, t)
-    return arg
+def _call(fn: str, kernel, device: torch.device, *args):
+    """kernel(*args) with torch's allocator for device and, on CUDA, its current stream
+    (the device made current); errors are named after grass.ops.fn."""
+    try:
+        if device.type == "cuda":
+            with torch.cuda.device(device):
+                return kernel(*args, stream=torch.cuda.current_stream(device).cuda_stream,
+                              alloc=_allocator(device))
+        return kernel(*args, alloc=_allocator(device))
+    except ValueError as e:
+        message = str(e)
+        match = _BINDING_NAME.match(message)
+        if match is None:
+            raise
+        raise ValueError(f"grass.ops.{fn}: {message[match.end():]}") from None
 
 
-def _index(fn: str, name: str, value, n: int, ref_name: str, ref: torch.Tensor) -> torch.Tensor:
-    """A 1-D int64 index tensor on ref's device with every entry in [0, n)."""
-    arg = _as_tensor(fn, name, value)
-    idx = arg.tensor
-    _check_ndim(fn, name, idx, 1, "[k']")
-    _check_dtype(fn, name, idx, (torch.int64,), hint=f" (convert with {name}.long())")
-    _check_same_device(fn, name, idx, ref_name, ref)
-    _check_contiguous(fn, name, idx)
-    _check_range(fn, name, idx, n)
-    return idx
+def _result(result, out, from_numpy: bool):
+    """What an op returns: the caller's out= object itself, else the new tensor (a numpy
+    array when the input was one)."""
+    if out is not None:
+        return out
+    return result.numpy() if from_numpy else result
 
 
-def _check_range(fn: str, name: str, idx: torch.Tensor, n: int):
-    """Every entry of idx in [0, n); on CUDA computed on the device (one sync)."""
+# ----------------------------------------------------------------------------- CUDA indices
+
+# id(tensor) -> (weak reference, tensor._version, data_ptr, min, max) of index tensors
+# already checked; in-place changes bump _version and invalidate the entry.
+_checked: dict = {}
+_checked_lock = threading.Lock()
+
+
+def _bounds(idx: torch.Tensor):
+    entry = _checked.get(id(idx))
+    if entry is not None:
+        ref, version, ptr, lo, hi = entry
+        if ref() is idx and version == idx._version and ptr == idx.data_ptr():
+            return lo, hi
+    return None
+
+
+def _require_in_range(fn: str, name: str, idx: torch.Tensor, n: int):
+    """Every entry of idx in [0, n), from the cached bounds or one reduction (one sync on
+    CUDA) whose bounds are then cached for this tensor."""
     if idx.numel() == 0:
         return
-    bad = (idx < 0) | (idx >= n)
-    if bool(bad.any()):
+    bounds = _bounds(idx)
+    if bounds is None:
+        lo, hi = (int(v) for v in torch.stack(torch.aminmax(idx)).tolist())
+        key = id(idx)
+        with _checked_lock:
+            _checked[key] = (weakref.ref(idx, lambda _, k=key: _checked.pop(k, None)),
+                             idx._version, idx.data_ptr(), lo, hi)
+        bounds = lo, hi
+    if bounds[0] < 0 or bounds[1] >= n:
+        bad = (idx < 0) | (idx >= n)
         position = int(bad.nonzero()[0, 0])
         _fail(fn, f"{name} must hold indices in [0, {n}), got {name}[{position}] = "
                   f"{int(idx[position])}")
 
 
-def _output(fn: str, out, shape: Tuple[int, ...], dtype: torch.dtype, ref_name: str,
-            ref: torch.Tensor) -> _Arg:
-    """A new result tensor, or the checked out= argument (written in place)."""
-    if out is None:
-        return _Arg(torch.empty(shape, dtype=dtype, device=ref.device), False)
-    arg = _as_tensor(fn, "out", out, writable=True)
-    t = arg.tensor
-    if tuple(t.shape) != tuple(shape):
-        _fail(fn, f"out must have shape {tuple(shape)}, got {_shape(t)}")
-    _check_dtype(fn, "out", t, (dtype,))
-    _check_same_device(fn, "out", t, ref_name, ref)
-    _check_contiguous(fn, "out", t, written=True)
-    return arg
+def _device_indices(fn: str, name: str, idx, n, device: torch.device):
+    """On CUDA, range-check a 1-D int64 index tensor on its device (cached); the CPU core
+    checks its own. Anything malformed is left to the binding's messages."""
+    if (device.type == "cuda" and isinstance(idx, torch.Tensor) and idx.device == device
+            and idx.dim() == 1 and idx.dtype == torch.int64 and n is not None):
+        _require_in_range(fn, name, idx, n)
 
 
-def _result(out_arg: _Arg, out, input_from_numpy: bool):
-    """What an op returns: the caller's out= object itself, else a tensor (or numpy array
-    when the input was one)."""
-    if out is not None:
-        return out
-    return out_arg.tensor.numpy() if input_from_numpy else out_arg.tensor
+def check_indices(idx: torch.Tensor, n: int, *, name: str = "idx") -> torch.Tensor:
+    """Checks once that every entry of the int64 tensor idx is in [0, n) and remembers it,
+    so that the ops reading idx on CUDA skip the device sync while it is unchanged.
+    Compressors call this when they build (or move) their indices.
 
-
-def _launch(device: torch.device, kernel, *args):
-    """Calls a device kernel with the stream argument last: torch's current stream of
-    device (made current for the call) on CUDA, 0 on the CPU."""
-    if device.type == "cuda":
-        with torch.cuda.device(device):
-            return kernel(*args, torch.cuda.current_stream(device).cuda_stream)
-    return kernel(*args, 0)
+    Returns:
+        idx.
+    """
+    fn = "check_indices"
+    if not isinstance(idx, torch.Tensor) or idx.dtype != torch.int64:
+        _fail(fn, f"{name} must be an int64 tensor, got "
+                  f"{getattr(idx, 'dtype', type(idx).__name__)}")
+    _require_in_range(fn, name, idx, _int(fn, "n", n))
+    return idx
 
 
 # ----------------------------------------------------------------------------- SJLT
@@ -232,52 +225,43 @@ def sjlt(x, k: int, *, s: int = 1, seed: int = 0, out=None, deterministic: bool 
         [B, k] float32 (``out`` when given).
     """
     fn = "sjlt"
-    k, s = _sjlt_ks(fn, k, s)
-    seed = _seed(fn, seed)
+    k, s, seed = _int(fn, "k", k), _int(fn, "s", s), _seed(fn, seed)
     if isinstance(x, torch.Tensor) and x.layout == torch.sparse_csr:
         return _sjlt_csr(fn, x, k, s, seed, out, deterministic)
     if isinstance(x, torch.Tensor) and x.layout != torch.strided:
         _fail(fn, f"x must be a dense tensor or a torch.sparse_csr_tensor, got layout {x.layout}"
                   f" (convert with x.to_sparse_csr())")
-    xa = _input(fn, "x", x, 2, "[B, p]", _SKETCH_DTYPES, " (convert with x.float())")
-    xt = xa.tensor
-    oa = _output(fn, out, (xt.shape[0], k), torch.float32, "x", xt)
-    if oa.tensor.numel() > 0:
-        if xt.shape[1] == 0:
-            oa.tensor.zero_()
-        else:
-            _launch(xt.device, _C.sjlt, xt, oa.tensor, k, s, seed, bool(deterministic))
-    return _result(oa, out, xa.from_numpy)
+    xt, from_numpy = _tensor(fn, "x", x)
+    ot, _ = _tensor(fn, "out", out, ref_name="x", ref=xt, writable=True)
+    y = _call(fn, _C.sjlt, xt.device, xt, ot, k, s, seed, bool(deterministic))
+    return _result(y, out, from_numpy)
 
 
 def _sjlt_csr(fn, x: torch.Tensor, k, s, seed, out, deterministic):
     x = x.detach()
     if x.dim() != 2 or x.values().dim() != 1:
         _fail(fn, f"a sparse CSR x must be 2-D [B, p] with scalar values, got shape "
-                  f"{_shape(x)} with values of shape {_shape(x.values())}")
-    _check_device(fn, "x", x)
-    values = x.values()
-    _check_dtype(fn, "x.values()", values, _SKETCH_DTYPES, " (convert with x.float())")
-    _check_contiguous(fn, "x.values()", values)
+                  f"{tuple(x.shape)} with values of shape {tuple(x.values().shape)}")
+    values, _ = _tensor(fn, "x.values()", x.values())
     indptr = x.crow_indices().to(torch.int64).contiguous()
     indices = x.col_indices().to(torch.int64).contiguous()
     B, p = x.shape
-    nnz = values.shape[0]
-    # On the CPU the C++ core validates the CSR structure (indptr[0] == 0, non-decreasing,
-    # column indices in [0, p)) in its O(nnz) pass; the binding checks indptr[B] == nnz.
-    # On CUDA check it all here, on the device, so that no kernel reads out of bounds.
+    # The CPU core checks the structure itself (no copy). On CUDA check it all here, on
+    # the device, in one reduction and one sync, so that no kernel reads out of bounds
+    # (CSR input comes from users; the attribution pipeline never sketches CSR).
     if x.device.type == "cuda" and B > 0:
         steps = indptr[1:] - indptr[:-1]
-        bad = (indptr[0] != 0) | (indptr[-1] != nnz) | (steps < 0).any()
+        bad = (indptr[0] != 0) | (indptr[-1] != values.shape[0]) | (steps < 0).any()
+        if indices.numel() > 0:
+            bad = bad | (indices < 0).any() | (indices >= p).any()
         if bool(bad):
             _fail(fn, f"x has an invalid CSR structure: crow_indices must start at 0, be "
-                      f"non-decreasing and end at nnz = {nnz}")
-        _check_range(fn, "x.col_indices()", indices, p)
-    oa = _output(fn, out, (B, k), torch.float32, "x", x)
-    if oa.tensor.numel() > 0:
-        _launch(x.device, _C.sjlt_csr, indptr, indices, values, oa.tensor, p, k, s, seed,
-                bool(deterministic))
-    return _result(oa, out, False)
+                      f"non-decreasing and end at nnz = {values.shape[0]}, and col_indices "
+                      f"must be in [0, p = {p})")
+    ot, _ = _tensor(fn, "out", out, ref_name="x", ref=values, writable=True)
+    y = _call(fn, _C.sjlt_csr, x.device, indptr, indices, values, ot, p, k, s, seed,
+              bool(deterministic))
+    return _result(y, out, False)
 
 
 def sjlt_transpose(y, p: int, *, s: int = 1, seed: int = 0, out=None):
@@ -293,18 +277,11 @@ def sjlt_transpose(y, p: int, *, s: int = 1, seed: int = 0, out=None):
         [B, p] float32.
     """
     fn = "sjlt_transpose"
-    ya = _input(fn, "y", y, 2, "[B, k]", (torch.float32,), " (convert with y.float())")
-    yt = ya.tensor
-    k = yt.shape[1]
-    if k < 1:
-        _fail(fn, f"y must have k >= 1 columns, got shape {_shape(yt)}")
-    k, s = _sjlt_ks(fn, k, s)
-    p = _int(fn, "p", p, 0)
-    seed = _seed(fn, seed)
-    oa = _output(fn, out, (yt.shape[0], p), torch.float32, "y", yt)
-    if oa.tensor.numel() > 0:
-        _launch(yt.device, _C.sjlt_transpose, yt, oa.tensor, s, seed)
-    return _result(oa, out, ya.from_numpy)
+    p, s, seed = _int(fn, "p", p, 0), _int(fn, "s", s), _seed(fn, seed)
+    yt, from_numpy = _tensor(fn, "y", y)
+    ot, _ = _tensor(fn, "out", out, ref_name="y", ref=yt, writable=True)
+    x = _call(fn, _C.sjlt_transpose, yt.device, yt, ot, p, s, seed)
+    return _result(x, out, from_numpy)
 
 
 def sjlt_codes(p: int, k: int, *, s: int = 1, seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -316,14 +293,8 @@ def sjlt_codes(p: int, k: int, *, s: int = 1, seed: int = 0) -> Tuple[torch.Tens
         Replica r's bucket lies in [r*k//s, (r+1)*k//s), so a column's buckets are distinct.
     """
     fn = "sjlt_codes"
-    k, s = _sjlt_ks(fn, k, s)
-    p = _int(fn, "p", p, 0)
-    seed = _seed(fn, seed)
-    bucket = torch.empty((p, s), dtype=torch.int64)
-    sign = torch.empty((p, s), dtype=torch.int8)
-    if p > 0:
-        _C.sjlt_codes(0, bucket, sign, k, s, seed)
-    return bucket, sign
+    return _call(fn, _C.sjlt_codes, torch.device("cpu"), _int(fn, "p", p, 0), _int(fn, "k", k),
+                 _int(fn, "s", s), _seed(fn, seed))
 
 
 # ----------------------------------------------------------------------------- masks
@@ -331,15 +302,15 @@ def sjlt_codes(p: int, k: int, *, s: int = 1, seed: int = 0) -> Tuple[torch.Tens
 def mask_indices(p: int, k: int, *, seed: int = 0, device=None) -> torch.Tensor:
     """A random mask: k distinct indices of [0, p), sorted ascending, drawn from seed.
 
+    Args:
+        p: 1 <= p < 2**63; k: 1 <= k <= p.
+
     Returns:
         int64 [k] on ``device`` (default: CPU). Drawn on the CPU in O(k log k).
     """
     fn = "mask_indices"
-    p = _int(fn, "p", p, 1)
-    k = _int(fn, "k", k, 1, p, hint=f" (1 <= k <= p = {p})")
-    seed = _seed(fn, seed)
-    idx = torch.empty(k, dtype=torch.int64)
-    _C.mask_indices(p, idx, seed)
+    idx = _call(fn, _C.mask_indices, torch.device("cpu"), _int(fn, "p", p, 1),
+                _int(fn, "k", k, 1), _seed(fn, seed))
     return idx if device is None else idx.to(device)
 
 
@@ -355,13 +326,12 @@ def mask_gather(x, idx, *, out=None):
         [B, k'] with x's dtype.
     """
     fn = "mask_gather"
-    xa = _input(fn, "x", x, 2, "[B, p]", _GATHER_DTYPES)
-    xt = xa.tensor
-    it = _index(fn, "idx", idx, xt.shape[1], "x", xt)
-    oa = _output(fn, out, (xt.shape[0], it.shape[0]), xt.dtype, "x", xt)
-    if oa.tensor.numel() > 0:
-        _launch(xt.device, _C.mask_gather, xt, it, oa.tensor)
-    return _result(oa, out, xa.from_numpy)
+    xt, from_numpy = _tensor(fn, "x", x)
+    it, _ = _tensor(fn, "idx", idx, ref_name="x", ref=xt)
+    _device_indices(fn, "idx", it, xt.shape[1] if xt.dim() == 2 else None, xt.device)
+    ot, _ = _tensor(fn, "out", out, ref_name="x", ref=xt, writable=True)
+    y = _call(fn, _C.mask_gather, xt.device, xt, it, ot)
+    return _result(y, out, from_numpy)
 
 
 def masked_sjlt(x, idx, k: int, *, s: int = 1, seed: int = 0, out=None,
@@ -381,27 +351,16 @@ def masked_sjlt(x, idx, k: int, *, s: int = 1, seed: int = 0, out=None,
         [B, k] float32.
     """
     fn = "masked_sjlt"
-    k, s = _sjlt_ks(fn, k, s)
-    seed = _seed(fn, seed)
-    xa = _input(fn, "x", x, 2, "[B, p]", _SKETCH_DTYPES, " (convert with x.float())")
-    xt = xa.tensor
-    it = _index(fn, "idx", idx, xt.shape[1], "x", xt)
-    oa = _output(fn, out, (xt.shape[0], k), torch.float32, "x", xt)
-    if oa.tensor.numel() > 0:
-        if it.shape[0] == 0:
-            oa.tensor.zero_()
-        else:
-            _launch(xt.device, _C.masked_sjlt, xt, it, oa.tensor, k, s, seed, bool(deterministic))
-    return _result(oa, out, xa.from_numpy)
+    k, s, seed = _int(fn, "k", k), _int(fn, "s", s), _seed(fn, seed)
+    xt, from_numpy = _tensor(fn, "x", x)
+    it, _ = _tensor(fn, "idx", idx, ref_name="x", ref=xt)
+    _device_indices(fn, "idx", it, xt.shape[1] if xt.dim() == 2 else None, xt.device)
+    ot, _ = _tensor(fn, "out", out, ref_name="x", ref=xt, writable=True)
+    y = _call(fn, _C.masked_sjlt, xt.device, xt, it, ot, k, s, seed, bool(deterministic))
+    return _result(y, out, from_numpy)
 
 
 # ----------------------------------------------------------------------------- FJLT
-
-def _fjlt_k(fn: str, p: int, k) -> Tuple[int, int]:
-    P = _C.fjlt_padded_size(p)
-    k = _int(fn, "k", k, 1, P, hint=f" (P = {P}, the next power of two >= p = {p})")
-    return k, P
-
 
 def fjlt(x, k: int, *, seed: int = 0, out=None):
     """Subsampled randomized Hadamard transform: ``y = (1/sqrt(k)) R H D x~``, O(p log p).
@@ -419,16 +378,11 @@ def fjlt(x, k: int, *, seed: int = 0, out=None):
         [B, k] float32.
     """
     fn = "fjlt"
-    seed = _seed(fn, seed)
-    xa = _input(fn, "x", x, 2, "[B, p]", _SKETCH_DTYPES, " (convert with x.float())")
-    xt = xa.tensor
-    if xt.shape[1] < 1:
-        _fail(fn, f"x must have p >= 1 columns, got shape {_shape(xt)}")
-    k, _ = _fjlt_k(fn, xt.shape[1], k)
-    oa = _output(fn, out, (xt.shape[0], k), torch.float32, "x", xt)
-    if oa.tensor.numel() > 0:
-        _launch(xt.device, _C.fjlt, xt, oa.tensor, seed)
-    return _result(oa, out, xa.from_numpy)
+    k, seed = _int(fn, "k", k), _seed(fn, seed)
+    xt, from_numpy = _tensor(fn, "x", x)
+    ot, _ = _tensor(fn, "out", out, ref_name="x", ref=xt, writable=True)
+    y = _call(fn, _C.fjlt, xt.device, xt, ot, k, seed)
+    return _result(y, out, from_numpy)
 
 
 def fjlt_params(p: int, k: int, *, seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -439,41 +393,11 @@ def fjlt_params(p: int, k: int, *, seed: int = 0) -> Tuple[torch.Tensor, torch.T
         H in [0, P) that R keeps, on the CPU.
     """
     fn = "fjlt_params"
-    p = _int(fn, "p", p, 1)
-    k, _ = _fjlt_k(fn, p, k)
-    seed = _seed(fn, seed)
-    signs = torch.empty(p, dtype=torch.int8)
-    rows = torch.empty(k, dtype=torch.int64)
-    _C.fjlt_signs(p, seed, signs)
-    _C.fjlt_rows(p, seed, rows)
-    return signs, rows
+    return _call(fn, _C.fjlt_params, torch.device("cpu"), _int(fn, "p", p, 1), _int(fn, "k", k),
+                 _seed(fn, seed))
 
 
 # ----------------------------------------------------------------------------- Kronecker
-
-def _factors(fn: str, a, g):
-    """a, g as [B, T, d] tensors (2-D [B, d] means T = 1) with one dtype and device."""
-    aa = _input(fn, "a", a, (2, 3), "[B, T, d_in] or [B, d_in]", _SKETCH_DTYPES,
-                " (convert with a.float())")
-    ga = _input(fn, "g", g, (2, 3), "[B, T, d_out] or [B, d_out]", _SKETCH_DTYPES,
-                " (convert with g.float())")
-    at, gt = aa.tensor, ga.tensor
-    if at.dim() != gt.dim():
-        _fail(fn, f"a and g must both be 3-D [B, T, d] or both 2-D [B, d], got shapes "
-                  f"{_shape(at)} and {_shape(gt)}")
-    if gt.dtype != at.dtype:
-        _fail(fn, f"g must have a's dtype {str(at.dtype).replace('torch.', '')}, got "
-                  f"{str(gt.dtype).replace('torch.', '')}")
-    _check_same_device(fn, "g", gt, "a", at)
-    if at.dim() == 2:
-        at, gt = at.unsqueeze(1), gt.unsqueeze(1)
-    if gt.shape[:2] != at.shape[:2]:
-        _fail(fn, f"g must match a in B and T, got a {_shape(at)} and g {_shape(gt)}")
-    if at.shape[2] < 1 or gt.shape[2] < 1:
-        _fail(fn, f"a and g must have d_in >= 1 and d_out >= 1 features, got a {_shape(at)} "
-                  f"and g {_shape(gt)}")
-    return at, gt, aa.from_numpy
-
 
 def kron(a, g, *, bias: bool = False, out=None):
     """A linear layer's per-sample weight gradient from its factors:
@@ -492,16 +416,11 @@ def kron(a, g, *, bias: bool = False, out=None):
         [B, d_out * d_in'] float32.
     """
     fn = "kron"
-    at, gt, from_numpy = _factors(fn, a, g)
-    B, T, d_in = at.shape
-    d_out = gt.shape[2]
-    oa = _output(fn, out, (B, d_out * (d_in + int(bool(bias)))), torch.float32, "a", at)
-    if oa.tensor.numel() > 0:
-        if T == 0:
-            oa.tensor.zero_()
-        else:
-            _launch(at.device, _C.kron, at, gt, oa.tensor, bool(bias))
-    return _result(oa, out, from_numpy)
+    at, from_numpy = _tensor(fn, "a", a)
+    gt, _ = _tensor(fn, "g", g)
+    ot, _ = _tensor(fn, "out", out, ref_name="a", ref=at, writable=True)
+    y = _call(fn, _C.kron, at.device, at, gt, ot, bool(bias))
+    return _result(y, out, from_numpy)
 
 
 def factgrass(a, g, idx_in, idx_out, k: int, *, bias: bool = False, s: int = 1, seed: int = 0,
@@ -523,59 +442,32 @@ def factgrass(a, g, idx_in, idx_out, k: int, *, bias: bool = False, s: int = 1, 
         [B, k] float32.
     """
     fn = "factgrass"
-    k, s = _sjlt_ks(fn, k, s)
-    seed = _seed(fn, seed)
-    at, gt, from_numpy = _factors(fn, a, g)
-    B, T, d_in = at.shape
-    ii = _index(fn, "idx_in", idx_in, d_in + int(bool(bias)), "a", at)
-    io = _index(fn, "idx_out", idx_out, gt.shape[2], "a", at)
-    oa = _output(fn, out, (B, k), torch.float32, "a", at)
-    if oa.tensor.numel() > 0:
-        if T == 0 or ii.numel() == 0 or io.numel() == 0:
-            oa.tensor.zero_()
-        else:
-            _launch(at.device, _C.factgrass, at, gt, ii, io, oa.tensor, k, bool(bias), s, seed,
-                    bool(deterministic))
-    return _result(oa, out, from_numpy)
+    k, s, seed = _int(fn, "k", k), _int(fn, "s", s), _seed(fn, seed)
+    at, from_numpy = _tensor(fn, "a", a)
+    gt, _ = _tensor(fn, "g", g)
+    ii, _ = _tensor(fn, "idx_in", idx_in, ref_name="a", ref=at)
+    io, _ = _tensor(fn, "idx_out", idx_out, ref_name="a", ref=at)
+    if at.dim() in (2, 3) and gt.dim() in (2, 3):
+        _device_indices(fn, "idx_in", ii, at.shape[-1] + int(bool(bias)), at.device)
+        _device_indices(fn, "idx_out", io, gt.shape[-1], at.device)
+    ot, _ = _tensor(fn, "out", out, ref_name="a", ref=at, writable=True)
+    y = _call(fn, _C.factgrass, at.device, at, gt, ii, io, ot, k, bool(bias), s, seed,
+              bool(deterministic))
+    return _result(y, out, from_numpy)
 
 
-# ----------------------------------------------------------------------------- Fisher, Cholesky
+# ----------------------------------------------------------------------------- Fisher, Cholesky (CPU)
 
-def _block_sizes(fn: str, block_sizes) -> Tuple[list, torch.Tensor]:
+def _block_sizes(fn: str, block_sizes) -> torch.Tensor:
+    """block_sizes as an int64 CPU tensor (the core checks that each is >= 1)."""
     if isinstance(block_sizes, (torch.Tensor, np.ndarray)):
         block_sizes = block_sizes.tolist()
     if isinstance(block_sizes, numbers.Integral) or not isinstance(block_sizes, Sequence):
         _fail(fn, f"block_sizes must be a sequence of positive integers, got {block_sizes!r}")
     if len(block_sizes) == 0:
         _fail(fn, "block_sizes must name at least one block, got []")
-    sizes = [_int(fn, f"block_sizes[{i}]", b, 1) for i, b in enumerate(block_sizes)]
-    return sizes, torch.tensor(sizes, dtype=torch.int64)
-
-
-def _packed(fn: str, name: str, F, sizes, ref_name: Optional[str] = None,
-            ref: Optional[torch.Tensor] = None, writable: bool = True) -> _Arg:
-    """A packed float64 [sum k_l^2] tensor (written in place unless writable=False)."""
-    fa = _as_tensor(fn, name, F, writable=writable)
-    ft = fa.tensor
-    packed = sum(b * b for b in sizes)
-    if tuple(ft.shape) != (packed,):
-        _fail(fn, f"{name} must be packed float64 of shape ({packed},) = (sum(block_sizes**2),), "
-                  f"got shape {_shape(ft)}")
-    _check_dtype(fn, name, ft, (torch.float64,))
-    _check_device(fn, name, ft)
-    if ref is not None:
-        _check_same_device(fn, name, ft, ref_name, ref)
-    _check_contiguous(fn, name, ft, written=writable)
-    return fa
-
-
-def _blocks(F: torch.Tensor, sizes):
-    """Views [k_l, k_l] of each block of a packed tensor."""
-    views, offset = [], 0
-    for b in sizes:
-        views.append(F[offset:offset + b * b].view(b, b))
-        offset += b * b
-    return views
+    return torch.tensor([_int(fn, f"block_sizes[{i}]", b, 1) for i, b in enumerate(block_sizes)],
+                        dtype=torch.int64)
 
 
 def fisher_accumulate(G, block_sizes, F=None):
@@ -586,40 +478,21 @@ def fisher_accumulate(G, block_sizes, F=None):
     [k_l, k_l] float64 matrix at offset sum_{m<l} k_m^2. Call once per chunk of rows.
 
     Args:
-        G: [N, K] float32 or float64, K = sum(block_sizes). CPU: the C++ core;
-            CUDA: torch (float64 matmul), since this toolkit ships no cuBLAS/cuSOLVER.
+        G: [N, K] float32 or float64 on the CPU (the C++ core), K = sum(block_sizes).
+            The CUDA path of the iFVP is :mod:`grass.precondition.ifvp` (torch).
         block_sizes: sequence of L positive ints.
-        F: optional packed float64 [sum k_l^2] on G's device, accumulated in place;
+        F: optional packed float64 [sum k_l^2] on the CPU, accumulated in place;
             a new zero tensor when None.
 
     Returns:
         F.
     """
     fn = "fisher_accumulate"
-    sizes, sizes_t = _block_sizes(fn, block_sizes)
-    ga = _input(fn, "G", G, 2, "[N, K]", _FISHER_DTYPES)
-    gt = ga.tensor
-    K = sum(sizes)
-    if gt.shape[1] != K:
-        _fail(fn, f"G must have K = sum(block_sizes) = {K} columns, got shape {_shape(gt)}")
-    if F is None:
-        F_out = torch.zeros(sum(b * b for b in sizes), dtype=torch.float64, device=gt.device)
-        fa = _Arg(F_out, ga.from_numpy)
-    else:
-        fa = _packed(fn, "F", F, sizes, "G", gt)
-    ft = fa.tensor
-    if gt.shape[0] > 0:
-        if gt.device.type == "cpu":
-            _C.fisher_accumulate(gt, sizes_t, ft)
-        else:
-            offset = 0
-            for b, Fl in zip(sizes, _blocks(ft, sizes)):
-                Gl = gt[:, offset:offset + b].to(torch.float64)
-                Fl.addmm_(Gl.T, Gl)
-                offset += b
-    if F is not None:
-        return F
-    return ft.numpy() if fa.from_numpy else ft
+    sizes = _block_sizes(fn, block_sizes)
+    gt, from_numpy = _tensor(fn, "G", G)
+    ft, _ = _tensor(fn, "F", F, ref_name="G", ref=gt, writable=True)
+    result = _call(fn, _C.fisher_accumulate, gt.device, gt, sizes, ft)
+    return _result(result, F, from_numpy)
 
 
 def _damping(fn: str, damping, L: int) -> torch.Tensor:
@@ -643,13 +516,14 @@ def _damping(fn: str, damping, L: int) -> torch.Tensor:
 def cholesky_factor(F, block_sizes, damping):
     """Factors every block in place: ``F_l + damping_l I = L_l L_l^T``.
 
-    Afterwards the lower triangle of each block holds L_l and its strict upper triangle
-    is zero. A block that is not positive definite raises ValueError naming it (raise the
+    Only the lower triangle of each block is read (the Fisher is symmetric; the upper
+    triangle may hold anything). Afterwards the lower triangle of each block holds L_l and
+    its strict upper triangle is zero. A block that is not positive definite raises ValueError naming it (raise the
     damping) and leaves F unchanged, so the caller can retry with more damping.
 
     Args:
-        F: packed float64 [sum k_l^2] (from :func:`fisher_accumulate`), CPU (C++ core) or
-            CUDA (``torch.linalg.cholesky_ex``).
+        F: packed float64 [sum k_l^2] on the CPU (from :func:`fisher_accumulate`); the
+            C++ core factors it. CUDA: :mod:`grass.precondition.ifvp`.
         block_sizes: sequence of L positive ints.
         damping: a number, or L numbers (one per block), each finite and >= 0.
 
@@ -657,25 +531,10 @@ def cholesky_factor(F, block_sizes, damping):
         F (now holding the factors).
     """
     fn = "cholesky_factor"
-    sizes, sizes_t = _block_sizes(fn, block_sizes)
-    fa = _packed(fn, "F", F, sizes)
-    ft = fa.tensor
+    sizes = _block_sizes(fn, block_sizes)
     damp = _damping(fn, damping, len(sizes))
-    if ft.device.type == "cpu":
-        _C.cholesky_factor(ft, sizes_t, damp)
-    else:
-        # All factors first, then the copy: a failure leaves F as it came (as on the CPU).
-        factors = []
-        for l, (b, Fl) in enumerate(zip(sizes, _blocks(ft, sizes))):
-            A = Fl + float(damp[l]) * torch.eye(b, dtype=torch.float64, device=ft.device)
-            factor, info = torch.linalg.cholesky_ex(A)
-            if int(info) != 0:
-                _fail(fn, f"block {l} (size {b}) is not positive definite: leading minor "
-                          f"{int(info)} fails after damping {float(damp[l])}; raise damping "
-                          f"(F was left unchanged)")
-            factors.append(factor)
-        for Fl, factor in zip(_blocks(ft, sizes), factors):
-            Fl.copy_(factor)
+    ft, _ = _tensor(fn, "F", F, writable=True)
+    _call(fn, _C.cholesky_factor, torch.device("cpu"), ft, sizes, damp)
     return F
 
 
@@ -683,35 +542,22 @@ def cholesky_solve(L, block_sizes, V, *, out=None):
     """Solves every block: ``X[:, block l] = (L_l L_l^T)^{-1} V[:, block l]``.
 
     Args:
-        L: packed float64 factors from :func:`cholesky_factor`, on V's device.
+        L: packed float64 factors from :func:`cholesky_factor`, on the CPU.
         block_sizes: sequence of L positive ints.
         V: [M, K] float32 or float64 right-hand sides, K = sum(block_sizes); work is in
-            float64. CPU: the C++ core; CUDA: ``torch.cholesky_solve``.
-        out: optional [M, K] of V's dtype on V's device, written in place; may be V itself.
+            float64, by the C++ core (CUDA: :mod:`grass.precondition.ifvp`).
+        out: optional [M, K] of V's dtype written in place; may be V itself.
 
     Returns:
         [M, K] with V's dtype.
     """
     fn = "cholesky_solve"
-    sizes, sizes_t = _block_sizes(fn, block_sizes)
-    va = _input(fn, "V", V, 2, "[M, K]", _FISHER_DTYPES)
-    vt = va.tensor
-    La = _packed(fn, "L", L, sizes, "V", vt, writable=False)
-    K = sum(sizes)
-    if vt.shape[1] != K:
-        _fail(fn, f"V must have K = sum(block_sizes) = {K} columns, got shape {_shape(vt)}")
-    oa = _output(fn, out, tuple(vt.shape), vt.dtype, "V", vt)
-    ot = oa.tensor
-    if vt.shape[0] > 0:
-        if vt.device.type == "cpu":
-            _C.cholesky_solve(La.tensor, sizes_t, vt, ot)
-        else:
-            offset = 0
-            for b, Ll in zip(sizes, _blocks(La.tensor, sizes)):
-                Vl = vt[:, offset:offset + b].to(torch.float64)
-                ot[:, offset:offset + b] = torch.cholesky_solve(Vl.T, Ll).T.to(ot.dtype)
-                offset += b
-    return _result(oa, out, va.from_numpy)
+    sizes = _block_sizes(fn, block_sizes)
+    vt, from_numpy = _tensor(fn, "V", V)
+    lt, _ = _tensor(fn, "L", L, ref_name="V", ref=vt)
+    ot, _ = _tensor(fn, "out", out, ref_name="V", ref=vt, writable=True)
+    X = _call(fn, _C.cholesky_solve, vt.device, lt, sizes, vt, ot)
+    return _result(X, out, from_numpy)
 
 
 # ----------------------------------------------------------------------------- build

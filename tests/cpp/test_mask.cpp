@@ -109,10 +109,10 @@ GRASS_TEST(check_indices_names_the_argument) {
   grass::check_indices(nullptr, 0, 5, "idx");  // empty is fine
   const int64_t high[] = {0, 5, 1};
   const int64_t low[] = {0, 1, -2};
-  EXPECT_THROWS_WITH(grass::check_indices(high, 3, 5, "mask"), "mask must be in [0, 5), got mask[1] = 5");
+  EXPECT_THROWS_WITH(grass::check_indices(high, 3, 5, "mask"), "mask must hold indices in [0, 5), got mask[1] = 5");
   EXPECT_THROWS_WITH(grass::check_indices(low, 3, 5, "idx_in"), "got idx_in[2] = -2");
   EXPECT_THROWS_WITH(grass::check_indices(nullptr, 2, 5, "idx"), "idx must not be null");
-  EXPECT_THROWS_WITH(grass::check_indices(good, 4, 0, "idx"), "idx must be in [0, 0)");
+  EXPECT_THROWS_WITH(grass::check_indices(good, 4, 0, "idx"), "idx must hold indices in [0, 0)");
 }
 
 GRASS_TEST(gather_matches_plain_loop_every_dtype) {
@@ -168,7 +168,7 @@ GRASS_TEST(gather_errors) {
   std::vector<float> x(20), out(8, 7.0f);
   const int64_t bad[] = {0, 10};
   EXPECT_THROWS_WITH(grass::mask_gather_cpu(x.data(), grass::DType::F32, 2, 10, bad, 2, out.data()),
-                     "idx must be in [0, 10), got idx[1] = 10");
+                     "idx must hold indices in [0, 10), got idx[1] = 10");
   EXPECT_EQ(out[0], 7.0f);
   const int64_t ok[] = {0, 1};
   EXPECT_THROWS_WITH(grass::mask_gather_cpu(x.data(), grass::DType::F32, -1, 10, ok, 2, out.data()),

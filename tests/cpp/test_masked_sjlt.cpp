@@ -198,7 +198,7 @@ GRASS_TEST(argument_errors) {
   auto call = [&](const int64_t* idx, int64_t kp, int64_t k, int64_t s, grass::DType dt = grass::DType::F32) {
     grass::masked_sjlt_cpu(x.data(), dt, 2, 10, idx, kp, y.data(), sjlt_params(k, s, 0));
   };
-  EXPECT_THROWS_WITH(call(bad, 2, 8, 1), "idx must be in [0, 10), got idx[1] = 10");
+  EXPECT_THROWS_WITH(call(bad, 2, 8, 1), "idx must hold indices in [0, 10), got idx[1] = 10");
   EXPECT_EQ(y[0], 7.0f);  // nothing written
   EXPECT_THROWS_WITH(call(ok, -1, 8, 1), "kp must be >= 0, got -1");
   EXPECT_THROWS_WITH(call(ok, 2, 0, 1), "k must be in [1, 2^31 - 1], got 0");

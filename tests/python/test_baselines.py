@@ -263,7 +263,7 @@ def test_per_sample_gradients_check_reduction():
 
 def test_tracin_class_over_checkpoints(tmp_path):
     import grass
-    from grass.score.baselines import TracIn
+    from grass import TracIn
     x, y = _data(40)
     xt, yt = _data(5, seed=9)
     train = DataLoader(TensorDataset(x, y), batch_size=16)

@@ -269,3 +269,19 @@ def test_selective_state_round_trip_and_bad_state(gen):
             spec.build([info])["fc"].load_state_dict({"wrong": bad[key]})
     with pytest.raises(ValueError, match="do not have"):
         C.load_state_dict({"fc": comp}, {"other": {}})
+
+
+def test_rank_deficient_sketches_warn():
+    """A mask smaller than k leaves the sketch rank-deficient: k_mask < k (GraSS) and
+    k_in * k_out < k (FactGraSS) warn with the rank; a mask of k or more does not."""
+    import warnings
+    lin, emb = linear("fc", 40, 30), flat("emb", 1000)
+    with pytest.warns(UserWarning, match=r"layer 'emb': k_mask = 16 < k = 64: the sketch has rank at most min\(k, k_mask\) = 16"):
+        C.GraSS(64, k_mask=16).build([emb])
+    with pytest.warns(UserWarning, match=r"layer 'fc': k_in \* k_out = 20 < k = 100: the sketch has rank at most .* = 20"):
+        C.FactGraSS(100, k_in=4, k_out=5).build([lin])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        C.GraSS(64, k_mask=64).build([emb])
+        C.FactGraSS(100, k_in=10, k_out=10).build([lin])
+        C.FactGraSS(100).build([lin])

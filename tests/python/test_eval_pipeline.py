@@ -10,29 +10,29 @@ import torch
 
 pytest.importorskip("sklearn")
 
-from grass.eval import exact, experiments, lds, methods, metrics, mislabel, objectives, presets, removal  # noqa: E402
+from grass.eval import exact, lds, methods, metrics, mislabel, objectives, presets, removal, study  # noqa: E402
 
 TINY = presets.get("tiny")
 
 
 @pytest.fixture(scope="module")
 def ctx(tmp_path_factory):
-    c = experiments.Context(TINY, str(tmp_path_factory.mktemp("eval")), threads=1, progress=False)
+    c = study.Context(TINY, str(tmp_path_factory.mktemp("eval")), threads=1, progress=False)
     c.ground_truth()
     return c
 
 
 @pytest.fixture(scope="module")
 def exact_lds(ctx):
-    return experiments.lds_of_exact(ctx)
+    return study.lds_of_exact(ctx)
 
 
 @pytest.mark.parametrize("name", ["GraSS", "FactGraSS", "SJLT"])
 def test_compressed_influence_lds_is_well_above_zero_and_near_exact(ctx, exact_lds, name):
-    r = experiments.lds_of_method(ctx, methods.Method("influence", name, 256))
+    r = study.lds_of_method(ctx, methods.Method("influence", name, 256))
     assert r["lds"]["mean"] > 0.3, r
     assert r["lds"]["mean"] > exact_lds["lds"]["mean"] - 0.1, (r["lds"], exact_lds["lds"])
-    assert r["damping"] in experiments.DAMPING_GRID  # chosen on the validation examples
+    assert r["damping"] in study.DAMPING_GRID  # chosen on the validation examples
 
 
 def test_shuffled_pipeline_scores_give_zero_lds(ctx):
@@ -90,9 +90,9 @@ def test_mislabel_detection_with_grass_matches_exact_influence(ctx):
     y_noisy, flipped = mislabel.flip_labels(s.y_train, 0.2, s.classes, seed=0)
     model = ctx.trained("noisy", s.x_train, y_noisy, TINY.model_seed)
     k = 256
-    lam = experiments._matching_damping(model, y_noisy, ctx, k)
-    ref = experiments.mislabel_of_exact(ctx, model, y_noisy, flipped, lam)
-    got = experiments.mislabel_of_method(ctx, model, y_noisy, flipped,
+    lam = study.matching_damping(model, y_noisy, ctx, k)
+    ref = study.mislabel_of_exact(ctx, model, y_noisy, flipped, lam)
+    got = study.mislabel_of_method(ctx, model, y_noisy, flipped,
                                          methods.Method("influence", "GraSS", k))
     assert ref["self"]["auc"] > 0.8
     assert abs(got["self"]["auc"] - ref["self"]["auc"]) < 0.05, (got["self"], ref["self"])

@@ -1,10 +1,45 @@
-"""grass.ops.fisher_accumulate, cholesky_factor and cholesky_solve against torch.linalg."""
+"""The iFVP's steps against torch.linalg: grass.ops.fisher_accumulate, cholesky_factor and
+cholesky_solve (the C++ core, CPU) and the batched torch path of grass.precondition.ifvp
+(CUDA's, run here on every device of grass.testing.devices, the CPU included)."""
 import numpy as np
 import pytest
 import torch
 
 from grass import ops, reference
+from grass.precondition.ifvp import BlockBatches
 from grass.testing import devices
+
+
+class Core:
+    """grass.ops (the C++ core)."""
+    fisher_accumulate = staticmethod(ops.fisher_accumulate)
+    cholesky_factor = staticmethod(ops.cholesky_factor)
+    cholesky_solve = staticmethod(ops.cholesky_solve)
+
+
+class Batched:
+    """grass.precondition.ifvp.BlockBatches (torch, batched per block size), with ops'
+    signatures."""
+
+    @staticmethod
+    def fisher_accumulate(G, sizes, F=None):
+        if F is None:
+            F = torch.zeros(sum(b * b for b in sizes), dtype=torch.float64, device=G.device)
+        return BlockBatches(sizes, G.device).fisher_accumulate(G, F)
+
+    @staticmethod
+    def cholesky_factor(F, sizes, damping):
+        damping = torch.as_tensor(damping, dtype=torch.float64).expand(len(sizes)).clone()
+        return BlockBatches(sizes, F.device).cholesky_factor(F, damping)
+
+    @staticmethod
+    def cholesky_solve(L, sizes, V, out=None):
+        out = torch.empty_like(V) if out is None else out
+        return BlockBatches(sizes, L.device).cholesky_solve(L, V, out)
+
+
+PATHS = [pytest.param(Core, torch.device("cpu"), id="core-cpu")] + [
+    pytest.param(Batched, d, id=f"torch-{d.type}") for d in devices]
 
 BLOCKS = [[1], [5], [3, 1, 8], [40, 2, 17]]
 
@@ -13,71 +48,71 @@ def gradients(N, K, dtype, device, gen):
     return torch.randn(N, K, generator=gen, dtype=torch.float64).to(dtype).to(device)
 
 
-@pytest.mark.parametrize("device", devices)
+@pytest.mark.parametrize("path, device", PATHS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("sizes", BLOCKS)
-def test_fisher_accumulate_matches_reference(sizes, dtype, device, gen):
+def test_fisher_accumulate_matches_reference(sizes, dtype, path, device, gen):
     K = sum(sizes)
     G = gradients(37, K, dtype, device, gen)
-    F = ops.fisher_accumulate(G, sizes)
+    F = path.fisher_accumulate(G, sizes)
     assert F.dtype == torch.float64 and F.shape == (sum(b * b for b in sizes),) and F.device == G.device
     expected = reference.fisher_accumulate(G, sizes)
     torch.testing.assert_close(F, expected, rtol=1e-12, atol=1e-12 * float(expected.abs().max()))
     # Accumulating over chunks of rows gives the same as one pass, in place.
     F2 = torch.zeros_like(F)
     for chunk in G.split(10):
-        assert ops.fisher_accumulate(chunk, sizes, F=F2) is F2
+        assert path.fisher_accumulate(chunk, sizes, F=F2) is F2
     torch.testing.assert_close(F2, F, rtol=1e-12, atol=1e-12 * float(F.abs().max()))
 
 
-@pytest.mark.parametrize("device", devices)
+@pytest.mark.parametrize("path, device", PATHS)
 @pytest.mark.parametrize("sizes", BLOCKS)
-def test_cholesky_factor_and_solve_match_reference(sizes, device, gen):
+def test_cholesky_factor_and_solve_match_reference(sizes, path, device, gen):
     K = sum(sizes)
     G = gradients(2 * K + 3, K, torch.float64, device, gen)
     damping = [0.1 * (l + 1) for l in range(len(sizes))]
-    F = ops.fisher_accumulate(G, sizes)
+    F = path.fisher_accumulate(G, sizes)
     expected_L = reference.cholesky_factor(F, sizes, damping)
     L = F.clone()
-    assert ops.cholesky_factor(L, sizes, damping) is L
+    assert path.cholesky_factor(L, sizes, damping) is L
     torch.testing.assert_close(L, expected_L, rtol=1e-10, atol=1e-10 * float(expected_L.abs().max()))
     for block in reference.unpack_blocks(L, sizes):  # lower triangular, upper zero
         assert torch.equal(block, block.tril())
     for dtype, tol in [(torch.float64, 1e-9), (torch.float32, 1e-5)]:
         V = gradients(6, K, dtype, device, gen)
-        X = ops.cholesky_solve(L, sizes, V)
+        X = path.cholesky_solve(L, sizes, V)
         assert X.dtype == dtype and X.shape == V.shape
         expected_X = reference.cholesky_solve(L, sizes, V)
         torch.testing.assert_close(X.double(), expected_X, rtol=tol, atol=tol * float(expected_X.abs().max()))
         # In place: out may be V itself.
         V2 = V.clone()
-        assert ops.cholesky_solve(L, sizes, V2, out=V2) is V2
+        assert path.cholesky_solve(L, sizes, V2, out=V2) is V2
         torch.testing.assert_close(V2, X, rtol=tol, atol=tol * float(X.abs().max()))
 
 
-@pytest.mark.parametrize("device", devices)
-def test_solve_inverts_the_damped_block_diagonal_matrix(device, gen):
+@pytest.mark.parametrize("path, device", PATHS)
+def test_solve_inverts_the_damped_block_diagonal_matrix(path, device, gen):
     """X (F + damping I) = V for the whole block-diagonal matrix (built explicitly)."""
     sizes = [4, 7]
     G = gradients(20, 11, torch.float64, device, gen)
-    F = ops.fisher_accumulate(G, sizes)
-    L = ops.cholesky_factor(F.clone(), sizes, 0.5)
+    F = path.fisher_accumulate(G, sizes)
+    L = path.cholesky_factor(F.clone(), sizes, 0.5)
     V = gradients(3, 11, torch.float64, device, gen)
-    X = ops.cholesky_solve(L, sizes, V)
+    X = path.cholesky_solve(L, sizes, V)
     full = torch.block_diag(*reference.unpack_blocks(F, sizes)) + 0.5 * torch.eye(11, dtype=torch.float64, device=device)
     torch.testing.assert_close(X @ full, V, rtol=1e-9, atol=1e-9)
 
 
-@pytest.mark.parametrize("device", devices)
-def test_not_positive_definite_names_the_block_and_keeps_F(device):
+@pytest.mark.parametrize("path, device", PATHS)
+def test_not_positive_definite_names_the_block_and_keeps_F(path, device):
     sizes = [2, 3]
     F = reference.pack_blocks([torch.eye(2), -torch.eye(3)]).to(device)
     before = F.clone()
     with pytest.raises(ValueError, match=r"block 1 \(size 3\) is not positive definite.*raise damping"):
-        ops.cholesky_factor(F, sizes, 0.0)
+        path.cholesky_factor(F, sizes, 0.0)
     assert torch.equal(F, before)
     # Enough damping makes it positive definite.
-    ops.cholesky_factor(F, sizes, [0.0, 2.0])
+    path.cholesky_factor(F, sizes, [0.0, 2.0])
     torch.testing.assert_close(reference.unpack_blocks(F, sizes)[1], torch.eye(3, dtype=torch.float64, device=device))
 
 
@@ -116,3 +151,4 @@ ERRORS = [
 def test_clear_errors(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+

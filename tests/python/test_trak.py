@@ -108,7 +108,7 @@ def _margin_grads(model, loader):
 @pytest.mark.parametrize("ensemble", ["mean", "trak"])
 def test_trak_class_over_checkpoints_matches_explicit_gradients(tmp_path, ensemble):
     import grass
-    from grass.score import TRAK
+    from grass import TRAK
     models, train, test = _setup(tmp_path)
     model = models[0]
     own = {k: v.clone() for k, v in model.state_dict().items()}

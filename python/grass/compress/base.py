@@ -88,8 +88,11 @@ class Compressor:
         # Generic path: forms this layer's [B, p] gradient, one batch at a time.
         return self._compress(ops.kron(a, g, bias=self.info.bias))
 
-    def _cached(self, key: str, device: torch.device, make: Callable[[], torch.Tensor]) -> torch.Tensor:
-        """A tensor built once (on CPU by ``make``) and kept per device."""
+    def _cached(self, key: str, device: torch.device, make: Callable[[], torch.Tensor],
+                bound: Optional[int] = None) -> torch.Tensor:
+        """A tensor built once (on CPU by ``make``) and kept per device. Index tensors give
+        ``bound``: each copy is range-checked once, when it is made (``ops.check_indices``),
+        so the kernels that read it on CUDA need no device sync per call."""
         device = torch.device(device)
         hit = self._device_cache.get((key, device))
         if hit is None:
@@ -98,6 +101,8 @@ class Compressor:
                 cpu = make()
                 self._device_cache[(key, torch.device("cpu"))] = cpu
             hit = cpu.to(device)
+            if bound is not None:
+                ops.check_indices(hit, bound, name=key)
             self._device_cache[(key, device)] = hit
         return hit
 
@@ -225,14 +230,6 @@ class CompressorSpec:
         """True when the built compressors learn a mask from gradients before use."""
         return False
 
-    def fit(self, compressors: Mapping[str, Compressor], capture, train_batches,
-            test_batches=None, **kwargs) -> Dict[str, dict]:
-        """Fit the compressors this spec built that learn (selective masks) on gradients of
-        ``capture``; same as ``grass.compress.fit_compressors`` (see there for the keyword
-        options). Returns ``{layer name: fitting report}``."""
-        from .fit import fit_compressors
-        return fit_compressors(compressors, capture, train_batches, test_batches, **kwargs)
-
     def __repr__(self) -> str:
         cfg = self.config()
         cfg.pop("method")
@@ -259,14 +256,6 @@ class CompressorSpec:
         if self.k is None:
             raise ValueError(f"{type(self).__name__} needs k")
         return int(self._layer_value(self.k, info, "k"))
-
-    @staticmethod
-    def _whole(info: LayerInfo, k: int) -> Optional[Compressor]:
-        """The Identity compressor for a layer no larger than k, else None."""
-        if k >= info.numel:
-            from .identity import IdentityCompressor
-            return IdentityCompressor(info, seed=0)
-        return None
 
 
 def _check_k(k, what: str):

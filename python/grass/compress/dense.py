@@ -15,6 +15,7 @@ import torch
 
 from ..layers import LayerInfo, derive_seed
 from .base import Compressor, CompressorSpec
+from .identity import whole_layer
 
 __all__ = ["Gaussian", "Rademacher", "DenseCompressor", "projection_columns", "BLOCK"]
 
@@ -116,7 +117,7 @@ class _DenseSpec(CompressorSpec):
 
     def _build_one(self, info: LayerInfo, seed: int) -> Compressor:
         k = self._k_for(info)
-        return self._whole(info, k) or DenseCompressor(
+        return whole_layer(info, k) or DenseCompressor(
             info, k, seed, kind=self.kind, chunk=self.chunk, cache_bytes=self.cache_bytes)
 
 

@@ -23,7 +23,9 @@ from .. import ops
 from ..layers import LayerInfo, derive_seed
 from .base import Compressor, CompressorSpec, _check_k, split_factors
 from .dense import Gaussian, projection_columns
-from .grass import DEFAULT_MASK_FACTOR, GraSS, check_mask_kind
+from .fit import FittedSpec
+from .identity import whole_layer
+from .grass import DEFAULT_MASK_FACTOR, GraSS, check_mask_kind, warn_rank
 from .mask import FactorMask, LearnedFactorMask, _factor_sizes, augment
 from .selective import MaskFit
 from .sketch import SJLT, _check_s
@@ -98,15 +100,15 @@ class FactGraSSCompressor(LearnedFactorMask, Compressor):
         return y.mul_(self.mask.scale) if self.mask.scale != 1.0 else y
 
     def _compress_factors(self, a, g):
-        idx_in = self._cached("in", a.device, lambda: self.mask.idx_in)
-        idx_out = self._cached("out", a.device, lambda: self.mask.idx_out)
+        idx_in = self._cached("in", a.device, lambda: self.mask.idx_in, self.mask.d_in)
+        idx_out = self._cached("out", a.device, lambda: self.mask.idx_out, self.mask.d_out)
         y = ops.factgrass(a, g, idx_in, idx_out, self.k, bias=self.info.bias, s=self.s,
                           seed=self.seed, deterministic=self.deterministic)
         return self._scaled(y)
 
     def _compress(self, grad):
         # The same map on the flat gradient: GraSS with the Kronecker-structured mask.
-        idx = self._cached("flat", grad.device, self.mask.flat_indices)
+        idx = self._cached("flat", grad.device, self.mask.flat_indices, self.mask.d_in * self.mask.d_out)
         y = ops.masked_sjlt(grad, idx, self.k, s=self.s, seed=self.seed,
                             deterministic=self.deterministic)
         return self._scaled(y)
@@ -147,7 +149,7 @@ class FactorizedSJLTCompressor(Compressor):
         return left.transpose(1, 2).reshape(B, -1)
 
 
-class _FactoredSpec(CompressorSpec):
+class _FactoredSpec(FittedSpec, CompressorSpec):
     """Shared by the factored specs: per-layer (k_in, k_out) and the flat fallback."""
 
     _per_layer_options = ("k", "k_in", "k_out")
@@ -212,7 +214,7 @@ class LoGra(_FactoredSpec):
     def _build_linear(self, info, seed):
         k_in, k_out = _factor_sizes(self, info, self.options["k_in"], self.options["k_out"])
         if k_in * k_out >= info.numel:
-            return self._whole(info, info.numel)
+            return whole_layer(info, info.numel)
         return LoGraCompressor(info, k_in, k_out, seed)
 
 
@@ -234,7 +236,7 @@ class FactorizedSJLT(_FactoredSpec):
     def _build_linear(self, info, seed):
         k_in, k_out = _factor_sizes(self, info, self.options["k_in"], self.options["k_out"])
         if k_in * k_out >= info.numel:
-            return self._whole(info, info.numel)
+            return whole_layer(info, info.numel)
         return FactorizedSJLTCompressor(info, k_in, k_out, seed, s=min(self.options["s"], k_in, k_out),
                                         deterministic=self.deterministic)
 
@@ -276,7 +278,7 @@ class FactGraSS(_FactoredSpec):
 
     def _build_linear(self, info, seed):
         k = self._k_for(info)
-        whole = self._whole(info, k)
+        whole = whole_layer(info, k)
         if whole is not None:
             return whole
         o = self.options
@@ -285,6 +287,7 @@ class FactGraSS(_FactoredSpec):
         else:
             budget = max(k, int(round(o["mask_factor"] * k)))
             k_in, k_out = split_factors(budget, _d_in_aug(info), info.d_out)
+        warn_rank(info, k, k_in * k_out, "k_in * k_out")
         return FactGraSSCompressor(info, k, seed, k_in=k_in, k_out=k_out, s=min(o["s"], k),
                                    learned=o["mask"] == "selective", fit=o.get("fit"),
                                    deterministic=self.deterministic)

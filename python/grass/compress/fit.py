@@ -10,7 +10,7 @@ from .. import ops
 from ..capture.batch import batch_size, take, to_device
 from .base import Compressor
 
-__all__ = ["fit_compressors", "state_dict", "load_state_dict"]
+__all__ = ["fit_compressors", "state_dict", "load_state_dict", "FittedSpec"]
 
 
 def _progress(iterable, desc: str, enabled: bool, total=None):
@@ -123,3 +123,14 @@ def load_state_dict(compressors: Mapping[str, Compressor], states: Mapping[str, 
                          f"do not have ({sorted(compressors)})")
     for name, s in states.items():
         compressors[name].load_state_dict(s)
+
+
+class FittedSpec:
+    """For the specs whose compressors learn (selective masks): ``spec.fit(...)``."""
+
+    def fit(self, compressors: Mapping[str, Compressor], capture, train_batches,
+            test_batches=None, **kwargs) -> Dict[str, dict]:
+        """Fit the compressors this spec built that learn (selective masks) on gradients of
+        ``capture``; same as ``grass.compress.fit_compressors`` (see there for the keyword
+        options). Returns ``{layer name: fitting report}``."""
+        return fit_compressors(compressors, capture, train_batches, test_batches, **kwargs)

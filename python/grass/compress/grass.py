@@ -5,6 +5,7 @@ On a linear layer the k' kept coordinates are gathered straight from the factors
 """
 from __future__ import annotations
 
+import warnings
 from typing import Optional
 
 import torch
@@ -12,11 +13,13 @@ import torch
 from .. import ops
 from ..layers import LayerInfo
 from .base import Compressor, CompressorSpec
+from .fit import FittedSpec
+from .identity import whole_layer
 from .mask import FlatMask, LearnedFlatMask, gather_factors, split_indices
 from .selective import MaskFit
 from .sketch import _check_s
 
-__all__ = ["GraSS", "GraSSCompressor", "DEFAULT_MASK_FACTOR", "mask_size"]
+__all__ = ["GraSS", "GraSSCompressor", "DEFAULT_MASK_FACTOR", "mask_size", "warn_rank"]
 
 # k' = DEFAULT_MASK_FACTOR * k unless given: a mask a few times wider than the sketch keeps
 # most of what the SJLT can carry while still skipping most coordinates (docs/compress.md).
@@ -27,6 +30,15 @@ _MASKS = ("random", "selective")
 
 def mask_size(k: int, k_mask: Optional[int], mask_factor: float) -> int:
     return int(k_mask) if k_mask is not None else max(int(k), int(round(mask_factor * k)))
+
+
+def warn_rank(info: LayerInfo, k: int, kept: int, what: str) -> None:
+    """Warns when a mask keeps fewer coordinates than the sketch size k: the k columns of
+    the store then span at most `kept` dimensions (the rest is redundant storage)."""
+    if kept < k:
+        warnings.warn(f"layer {info.name!r}: {what} = {kept} < k = {k}: the sketch has rank at "
+                      f"most min(k, {what}) = {kept}, so {k - kept} of its {k} columns add no "
+                      f"information; use k <= {kept} or a larger mask", stacklevel=4)
 
 
 def check_mask_kind(mask) -> str:
@@ -73,7 +85,7 @@ class GraSSCompressor(LearnedFlatMask, Compressor):
         if self.mask.k >= self.mask.p:  # nothing masked: a plain SJLT
             y = ops.sjlt(grad, self.k, s=self.s, seed=self.seed, deterministic=self.deterministic)
         else:
-            idx = self._cached("idx", grad.device, lambda: self.mask.indices)
+            idx = self._cached("idx", grad.device, lambda: self.mask.indices, self.mask.p)
             y = ops.masked_sjlt(grad, idx, self.k, s=self.s, seed=self.seed,
                                 deterministic=self.deterministic)
         return self._scaled(y)
@@ -86,7 +98,7 @@ class GraSSCompressor(LearnedFlatMask, Compressor):
                                      deterministic=self.deterministic))
 
 
-class GraSS(CompressorSpec):
+class GraSS(FittedSpec, CompressorSpec):
     """Mask each layer's gradient to k' coordinates, then SJLT to k.
 
     k_mask: k' (int or {layer: int}); default ``mask_factor * k`` (mask_factor default 4).
@@ -117,12 +129,13 @@ class GraSS(CompressorSpec):
 
     def _build_one(self, info: LayerInfo, seed: int) -> Compressor:
         k = self._k_for(info)
-        whole = self._whole(info, k)
+        whole = whole_layer(info, k)
         if whole is not None:
             return whole
         k_mask = self.options["k_mask"]
         k_mask = mask_size(k, None if k_mask is None else self._layer_value(k_mask, info, "k_mask"),
                            self.options["mask_factor"])
+        warn_rank(info, k, min(k_mask, info.numel), "k_mask")
         return GraSSCompressor(info, k, seed, k_mask=min(k_mask, info.numel),
                                s=min(self.options["s"], k), learned=self.options["mask"] == "selective",
                                fit=self.options.get("fit"), deterministic=self.deterministic)

@@ -8,7 +8,7 @@ from .. import ops
 from ..layers import LayerInfo
 from .base import Compressor, CompressorSpec
 
-__all__ = ["Identity", "IdentityCompressor"]
+__all__ = ["Identity", "IdentityCompressor", "whole_layer"]
 
 
 class IdentityCompressor(Compressor):
@@ -42,3 +42,8 @@ class Identity(CompressorSpec):
 
     def config(self) -> dict:
         return {"method": self.method}
+
+
+def whole_layer(info: LayerInfo, k: int):
+    """The Identity compressor for a layer no larger than k (kept whole), else None."""
+    return IdentityCompressor(info, seed=0) if k >= info.numel else None

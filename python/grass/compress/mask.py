@@ -19,6 +19,8 @@ import torch
 from .. import ops
 from ..layers import LayerInfo, derive_seed
 from .base import Compressor, CompressorSpec, split_factors
+from .fit import FittedSpec
+from .identity import whole_layer
 from .selective import MaskFit, learn_factor_masks, learn_flat_mask
 
 __all__ = ["RandomMask", "SelectiveMask", "MaskCompressor", "FactorMaskCompressor",
@@ -253,7 +255,7 @@ class MaskCompressor(LearnedFlatMask, Compressor):
         return {"fit": self.fit_options.to_dict()} if self.mask.learned else {}
 
     def _index(self, device) -> torch.Tensor:
-        return self._cached("idx", device, lambda: self.mask.indices)
+        return self._cached("idx", device, lambda: self.mask.indices, self.mask.p)
 
     def _compress(self, grad):
         y = ops.mask_gather(grad, self._index(grad.device)).float()
@@ -287,13 +289,13 @@ class FactorMaskCompressor(LearnedFactorMask, Compressor):
         return opts
 
     def _compress(self, grad):
-        idx = self._cached("flat", grad.device, self.mask.flat_indices)
+        idx = self._cached("flat", grad.device, self.mask.flat_indices, self.mask.d_in * self.mask.d_out)
         y = ops.mask_gather(grad, idx).float()
         return y.mul_(self.mask.scale) if self.mask.scale != 1.0 else y
 
     def _compress_factors(self, a, g):
-        idx_in = self._cached("in", a.device, lambda: self.mask.idx_in)
-        idx_out = self._cached("out", a.device, lambda: self.mask.idx_out)
+        idx_in = self._cached("in", a.device, lambda: self.mask.idx_in, self.mask.d_in)
+        idx_out = self._cached("out", a.device, lambda: self.mask.idx_out, self.mask.d_out)
         a = augment(a, self.info.bias)
         y = ops.kron(a[:, :, idx_in].contiguous(), g[:, :, idx_out].contiguous())
         return y.mul_(self.mask.scale) if self.mask.scale != 1.0 else y
@@ -315,10 +317,10 @@ class RandomMask(CompressorSpec):
 
     def _build_one(self, info: LayerInfo, seed: int) -> Compressor:
         k = self._k_for(info)
-        return self._whole(info, k) or MaskCompressor(info, k, seed, learned=False)
+        return whole_layer(info, k) or MaskCompressor(info, k, seed, learned=False)
 
 
-class SelectiveMask(CompressorSpec):
+class SelectiveMask(FittedSpec, CompressorSpec):
     """Keep k coordinates per layer chosen to preserve train x test gradient inner products
     (learned; call ``fit`` before use). On a linear layer (``factored=True``, the default)
     it masks input and output dimensions, k_in * k_out <= k (``split_factors``), or the
@@ -351,10 +353,10 @@ class SelectiveMask(CompressorSpec):
         if info.kind == "linear" and self.options["factored"]:
             k_in, k_out = _factor_sizes(self, info, self.options["k_in"], self.options["k_out"])
             if k_in * k_out >= info.numel:
-                return self._whole(info, info.numel)
+                return whole_layer(info, info.numel)
             return FactorMaskCompressor(info, k_in, k_out, seed, learned=True, fit=fit)
         k = self._k_for(info)
-        return self._whole(info, k) or MaskCompressor(info, k, seed, learned=True, fit=fit)
+        return whole_layer(info, k) or MaskCompressor(info, k, seed, learned=True, fit=fit)
 
 
 def _factor_sizes(spec: CompressorSpec, info: LayerInfo, k_in, k_out) -> Tuple[int, int]:

@@ -13,6 +13,7 @@ import torch
 from .. import ops
 from ..layers import LayerInfo
 from .base import Compressor, CompressorSpec
+from .identity import whole_layer
 
 __all__ = ["SJLT", "FJLT", "SJLTCompressor", "FJLTCompressor"]
 
@@ -62,7 +63,7 @@ class SJLT(CompressorSpec):
 
     def _build_one(self, info: LayerInfo, seed: int) -> Compressor:
         k = self._k_for(info)
-        return self._whole(info, k) or SJLTCompressor(
+        return whole_layer(info, k) or SJLTCompressor(
             info, k, seed, s=min(self.options["s"], k), deterministic=self.deterministic)
 
 
@@ -73,4 +74,4 @@ class FJLT(CompressorSpec):
 
     def _build_one(self, info: LayerInfo, seed: int) -> Compressor:
         k = self._k_for(info)
-        return self._whole(info, k) or FJLTCompressor(info, k, seed)
+        return whole_layer(info, k) or FJLTCompressor(info, k, seed)

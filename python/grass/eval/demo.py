@@ -75,7 +75,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def _run(args) -> int:
     from . import datasets, lds, metrics, mislabel, objectives, plots, presets
-    from .experiments import Context, lds_of_exact, lds_of_method
+    from .study import Context, lds_of_exact, lds_of_method
     from .exact import KernelExactInfluence
     from .jobs import JobCache
     from .methods import Method, Run, batches

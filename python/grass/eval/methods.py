@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..attributor import Attributor
+from ..ensemble import TRAK
 from .jobs import atomic_write_json
 from .objectives import cross_entropy, target_fn as _target_fn
 
@@ -110,14 +112,12 @@ class Run:
         self.spec = self.method.spec()
         self._train = batches(self.x_train, self.y_train, self.batch_size)
         if self.method.kind == "trak":
-            from ..score import TRAK
             # One kernel block per layer, like the influence rows: TRAK's single K x K kernel
             # over all layers costs a Cholesky of (sum of k_l)^3, out of reach at k = 8192 on CPU.
             self.engine = TRAK(self.model, _margin_output, self.spec, store=self.run_dir,
                                checkpoints=self.checkpoints, layers=self.layers,
                                block_diagonal=True, progress=self.progress)
         else:
-            from ..attributor import Attributor
             self.engine = Attributor(self.model, self.loss_fn, compressor=self.spec,
                                      layers=self.layers, store=self.run_dir,
                                      target_fn=_target_fn(self.target), progress=self.progress)

@@ -1,9 +1,10 @@
 """(F + λI)⁻¹ per block by Cholesky: factor once, solve for any number of vectors.
 
-Through ``grass.ops.cholesky_factor`` / ``cholesky_solve``: the C++ core on CPU
-(float64, no LAPACK); on CUDA ``torch.linalg.cholesky_ex`` / ``torch.cholesky_solve`` in
-float64, since the CUDA toolkit grass builds against ships no cuSOLVER. Both use the same
-packed layout, and the factors live on the Fisher's device.
+Through ``grass.precondition.ifvp``: the C++ core on CPU (float64, no LAPACK); on CUDA
+``torch.linalg.cholesky_ex`` / ``torch.cholesky_solve`` in float64, batched over the
+blocks of one size with one host sync per factorisation, since the CUDA toolkit grass
+builds against ships no cuSOLVER. Both use the same packed layout, and the factors live
+on the Fisher's device.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch
 
 from .damping import Damping, resolve_damping
 from .fisher import BlockFisher, packed_offsets
+from .ifvp import BlockBatches, cholesky_factor, cholesky_solve
 
 __all__ = ["Preconditioner", "IdentityPreconditioner"]
 
@@ -33,6 +35,12 @@ class Preconditioner:
         self.factors = factors
         self.damping = torch.as_tensor(damping, dtype=torch.float64).cpu()
         self.num_rows = int(num_rows)
+        self._batches = None  # gather indices of the batched torch path, built on first use
+
+    def _batched(self) -> BlockBatches:
+        if self._batches is None:
+            self._batches = BlockBatches(self.block_sizes, self.device)
+        return self._batches
 
     @property
     def device(self) -> torch.device:
@@ -47,9 +55,8 @@ class Preconditioner:
         """Factor F_l + λ_l I for every block (see `resolve_damping` for ``damping``)."""
         lam = resolve_damping(fisher, damping, relative=relative)
         F = fisher.normalised()  # a new tensor: the Fisher itself is kept for refits
-        from .. import ops
         try:
-            ops.cholesky_factor(F, fisher.block_sizes, lam.tolist())
+            cholesky_factor(F, fisher.block_sizes, lam)
         except ValueError as e:
             raise ValueError(f"{e} (damping per block: {[f'{x:.3g}' for x in lam.tolist()]}); "
                              "the damped Fisher is not positive definite: raise the damping") from None
@@ -63,26 +70,18 @@ class Preconditioner:
             raise ValueError(f"V must be a tensor [M, K={self.dim}], got {shape}")
         if V.dtype not in (torch.float32, torch.float64):
             V = V.float()
-        from .. import ops
-        return ops.cholesky_solve(self.factors, self.block_sizes,
-                                  V.detach().to(self.device).contiguous()).to(V.device)
+        batches = None if self.device.type == "cpu" else self._batched()
+        return cholesky_solve(self.factors, self.block_sizes,
+                              V.detach().to(self.device).contiguous(), batches).to(V.device)
 
     def whiten(self, V: torch.Tensor) -> torch.Tensor:
         """L_l⁻¹ V_l per block, float64 [M, K] on the factors' device, so that
-        ‖whiten(v)‖² = vᵀ(F + λI)⁻¹v with one triangular solve instead of two (grass.ops
-        offers only the full solve; this uses torch's ``solve_triangular``)."""
+        ‖whiten(v)‖² = vᵀ(F + λI)⁻¹v with one triangular solve instead of two (the core
+        offers only the full solve; this uses torch's batched ``solve_triangular``)."""
         if not isinstance(V, torch.Tensor) or V.dim() != 2 or V.shape[1] != self.dim:
             shape = tuple(V.shape) if isinstance(V, torch.Tensor) else type(V).__name__
             raise ValueError(f"V must be a tensor [M, K={self.dim}], got {shape}")
-        Vd = V.detach().to(self.device, torch.float64)
-        out = torch.empty_like(Vd)
-        start = 0
-        for l, k in enumerate(self.block_sizes):
-            chol = self.factors[self._offsets[l]:self._offsets[l + 1]].view(k, k)
-            out[:, start:start + k] = torch.linalg.solve_triangular(
-                chol, Vd[:, start:start + k].T, upper=False).T
-            start += k
-        return out
+        return self._batched().whiten(self.factors, V.detach().to(self.device, torch.float64))
 
     def to(self, device) -> "Preconditioner":
         return Preconditioner(self.block_sizes, self.factors.to(device), self.damping, self.num_rows)

@@ -4,8 +4,9 @@ For gradients G [N, K] split into blocks of columns (one per layer, sizes k_l), 
 is F_l = (1/N) G_lᵀ G_l. The unnormalised sums Σ_i g_i g_iᵀ are kept in float64 in the
 packed layout of ``grass.ops`` (block l is a row-major [k_l, k_l] matrix at offset
 Σ_{m<l} k_m²), so chunks can be added in any order and N is divided out at the end.
-The sums use ``grass.ops.fisher_accumulate``: the C++ core on CPU, torch (float64
-``addmm``) on CUDA, since the CUDA toolkit grass builds against ships no cuBLAS.
+The sums use ``grass.precondition.ifvp.fisher_accumulate``: the C++ core on CPU, torch
+(float64, batched per block size) on CUDA, since the CUDA toolkit grass builds against
+ships no cuBLAS.
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from tqdm.auto import tqdm
+
+from .ifvp import BlockBatches, fisher_accumulate
 
 __all__ = ["BlockFisher", "packed_offsets"]
 
@@ -38,6 +41,7 @@ class BlockFisher:
         self._offsets = packed_offsets(sizes)
         self.sums = torch.zeros(self._offsets[-1], dtype=torch.float64, device=self.device)
         self.num_rows = 0
+        self._batches = None  # gather indices of the CUDA path, built on first use
 
     @property
     def dim(self) -> int:
@@ -52,8 +56,9 @@ class BlockFisher:
             return self
         if G.dtype not in (torch.float32, torch.float64):
             G = G.float()
-        from .. import ops
-        ops.fisher_accumulate(G.to(self.device).contiguous(), self.block_sizes, F=self.sums)
+        if self.device.type != "cpu" and self._batches is None:
+            self._batches = BlockBatches(self.block_sizes, self.device)
+        fisher_accumulate(G.to(self.device).contiguous(), self.block_sizes, self.sums, self._batches)
         self.num_rows += int(G.shape[0])
         return self
 

@@ -12,20 +12,20 @@ or one block per layer. Ensembling over checkpoints: ``ensemble="mean"`` average
 per-checkpoint scores τ_m; ``ensemble="trak"`` is the paper's estimator, the mean over
 checkpoints of the kernel term times the mean of Q (the paper's optional soft
 thresholding is not applied). Positive = helpful, as everywhere in grass.
+
+This module holds TRAK's scoring: the margin target and the score terms over stores.
+``grass.TRAK`` (grass/ensemble.py) composes them with one Attributor per checkpoint.
 """
 from __future__ import annotations
 
-import os
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Sequence
 
 import torch
 
-from ..store.files import load_cache, save_cache
-from .checkpoints import checkpoint_weights
-from .stream import ScoreTerm, full_scores, top_k_scores
+from ..store.fingerprint import hash_callable
+from .stream import ScoreTerm
 
-__all__ = ["classification_margin", "correct_class_probability", "MarginTarget", "trak_terms",
-           "TRAK"]
+__all__ = ["classification_margin", "correct_class_probability", "MarginTarget", "trak_terms"]
 
 
 def _check_logits(logits: torch.Tensor, labels: torch.Tensor) -> None:
@@ -65,7 +65,6 @@ class MarginTarget:
         return classification_margin(logits, labels)
 
     def __grass_fingerprint__(self):
-        from ..store.fingerprint import hash_callable
         return {"margin_of": hash_callable(self.output_fn)}
 
     def probabilities(self, model, batch) -> torch.Tensor:
@@ -99,91 +98,3 @@ def trak_terms(test_features: Sequence[torch.Tensor], train: Sequence[Any],
         queries = pre.solve(phi) / float(pre.num_rows)
         terms.append(ScoreTerm(queries, rows, weights=q.float(), scale=1.0 / c))
     return terms
-
-
-class TRAK:
-    """TRAK scores with grass compressors as the projection, over one or more checkpoints.
-
-    ``output_fn(model, batch) -> (logits [B, C], labels [B])``. Each checkpoint gets its
-    own gradient store under ``store/checkpoint-<i>``; the model's own weights are
-    restored after every step.
-    """
-
-    def __init__(self, model: torch.nn.Module, output_fn: Callable, compressor, *, store: str,
-                 checkpoints: Optional[Sequence[Any]] = None, layers=None,
-                 include_flat: bool = False, dtype: str = "float32", device=None,
-                 block_diagonal: bool = False, ensemble: str = "mean", progress: bool = True):
-        from ..attributor import Attributor
-        if ensemble not in ("mean", "trak"):
-            raise ValueError(f"ensemble must be 'mean' or 'trak', got {ensemble!r}")
-        self.model = model
-        self.margin = MarginTarget(output_fn)
-        self.checkpoints = [None] if checkpoints is None else list(checkpoints)
-        if not self.checkpoints:
-            raise ValueError("checkpoints must hold at least one checkpoint (or be None)")
-        self.block_diagonal = block_diagonal
-        self.ensemble = ensemble
-        self.progress = progress
-        self.attributors = [
-            Attributor(model, self.margin, compressor=compressor, layers=layers,
-                       store=os.path.join(os.fspath(store), f"checkpoint-{i}"),
-                       target_fn=self.margin, dtype=dtype, device=device,
-                       include_flat=include_flat, progress=progress)
-            for i in range(len(self.checkpoints))]
-        self._probabilities: List[Optional[torch.Tensor]] = [None] * len(self.checkpoints)
-
-    def _each(self):
-        for i, (ckpt, attr) in enumerate(zip(self.checkpoints, self.attributors)):
-            with checkpoint_weights(self.model, ckpt):
-                yield i, attr
-
-    def cache(self, train_loader) -> None:
-        """Projected margin gradients Φ_m and probabilities p_i per checkpoint (resumable)."""
-        for i, attr in self._each():
-            store = attr.cache(train_loader)
-            path = os.path.join(attr.run_dir, "trak_probabilities.pt")
-            saved = load_cache(path, "TRAK's training probabilities")
-            if (isinstance(saved, dict) and saved.get("store") == store.digest
-                    and isinstance(saved.get("p"), torch.Tensor) and saved["p"].numel() == store.num_rows):
-                self._probabilities[i] = saved["p"]
-                continue
-            p = torch.cat([self.margin.probabilities(attr.model, attr.to_device(b)).cpu()
-                           for b in train_loader]).double()
-            if p.numel() != store.num_rows:
-                raise ValueError(f"the loader yielded {p.numel()} examples, the store holds "
-                                 f"{store.num_rows}")
-            save_cache({"store": store.digest, "p": p}, path)
-            self._probabilities[i] = p
-
-    def fit(self, damping=None, *, relative: bool = True) -> "TRAK":
-        """Factor each checkpoint's kernel Φᵀ Φ/N + λI (default λ: 1e-3 of the mean
-        eigenvalue; TRAK itself uses none, which fails when the kernel is singular)."""
-        if damping is None:
-            damping, relative = 1e-3, True
-        for i, attr in self._each():
-            if self._probabilities[i] is None:
-                raise RuntimeError("call cache(train_loader) before fit()")
-            attr.fit(damping=damping, relative=relative, block_diagonal=self.block_diagonal)
-        return self
-
-    def _terms(self, test) -> List[ScoreTerm]:
-        feats, rows, pres = [], [], []
-        for i, attr in self._each():
-            if self._probabilities[i] is None:
-                raise RuntimeError("call cache(train_loader) (it resumes or reuses the stores) "
-                                   "and fit() before scoring")
-            attr._require_fit()  # loads the saved kernel factors of an earlier fit
-            feats.append(attr.test_gradients(test))
-            rows.append(attr.train_store())
-            pres.append(attr.preconditioner)
-        return trak_terms(feats, rows, self._probabilities, pres, ensemble=self.ensemble)
-
-    def scores(self, test, *, out=None) -> torch.Tensor:
-        """TRAK scores [M, N] for a loader of test batches (positive = helpful)."""
-        return full_scores(self._terms(test), out=out, device=self.attributors[0].device,
-                           progress=self.progress, desc="TRAK")
-
-    def top_k(self, test, k: int = 10, *, largest: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
-        return top_k_scores(self._terms(test), k, largest=largest,
-                            device=self.attributors[0].device, progress=self.progress,
-                            desc="TRAK (top-k)")

@@ -1,6 +1,7 @@
 """Baselines, in one place, on the same sign convention (positive = helpful):
 
-* `TracIn` / `tracin_terms`: gradient dot products over checkpoints with learning rates.
+* `tracin_terms`: gradient dot products over checkpoints with learning rates (the
+  checkpoint ensemble itself is ``grass.TracIn``).
 * `LiSSA` / `lissa_ihvp`: stochastic Neumann-series iHVP on the true Hessian or its
   Gauss–Newton part (``torch.func``), uncompressed.
 * `DataInf`: the closed-form rank-one approximation of the damped inverse Fisher per
@@ -11,6 +12,6 @@
 from .datainf import DataInf
 from .exact import ExactInfluence
 from .lissa import LiSSA, lissa_ihvp
-from .tracin import TracIn, tracin_terms
+from .tracin import tracin_terms
 
-__all__ = ["TracIn", "tracin_terms", "LiSSA", "lissa_ihvp", "DataInf", "ExactInfluence"]
+__all__ = ["tracin_terms", "LiSSA", "lissa_ihvp", "DataInf", "ExactInfluence"]
