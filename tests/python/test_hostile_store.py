@@ -230,7 +230,7 @@ def test_edited_fit_record_is_not_used(run, pristine):
 
 @pytest.mark.parametrize("how", ["pickle", "truncated"])
 def test_unusable_trak_probabilities_are_recomputed(tmp_path, how):
-    from grass.score import TRAK
+    from grass import TRAK
     train, test = loaders()
 
     def trak():
@@ -420,8 +420,7 @@ def test_damaged_data_is_refused_by_every_reader(run, how, reader):
 
 @pytest.mark.parametrize("method", ["TRAK", "TracIn"])
 def test_damaged_data_is_refused_by_checkpoint_ensembles(tmp_path, method):
-    from grass.score import TRAK
-    from grass.score.baselines import TracIn
+    from grass import TRAK, TracIn
     train, test = loaders()
 
     def build():
