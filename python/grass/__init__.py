@@ -22,6 +22,7 @@ _LAZY = {
     "store": "grass.store",
     "precondition": "grass.precondition",
     "score": "grass.score",
+    "distributed": "grass.distributed",
     "reference": "grass.reference",
     "testing": "grass.testing",
 }

@@ -38,12 +38,20 @@ from torch.utils._pytree import tree_map
 
 from .capture.batch import batch_size
 from .precondition import BlockFisher, IdentityPreconditioner, Preconditioner, choose_damping
-from .score import ScoreTerm, full_scores, resolve_target, self_influence, top_k_scores
+from .distributed import full_scores, self_influence, top_k_scores  # sharded when torchrun'd
+from .distributed import group as _group
+from .distributed.cache import write_sharded
+from .distributed.score import accumulate_fisher
+from .distributed.sharded_store import is_sharded, open_store
+from .score import ScoreTerm, resolve_target
 from .score.influence import influence_queries
 from .store import (GradientStore, StoreDamaged, StoreWriter, check_fingerprint, fill_store,
                     hash_batch, hash_callable, hash_module)
 from .store.files import CacheFileWarning, load_cache, load_json, save_cache, save_json
 from .store.store import ROWS_VERSION, _check_dtype
+
+# Under torch.distributed every rank holds the same fit: rank 0 alone writes the run's files.
+save_cache, save_json = _group.rank_zero_only(save_cache), _group.rank_zero_only(save_json)
 
 __all__ = ["Attributor", "to_device"]
 
@@ -115,6 +123,7 @@ class Attributor:
             raise TypeError("compressor= must be a compressor spec from grass.compress, e.g. "
                             "grass.compress.FactGraSS(k=4096), or grass.compress.Identity() for "
                             f"uncompressed gradients; got {compressor!r}")
+        model = _group.unwrap_model(model)  # DDP: capture the inner module's layers
         self.model = model
         self._hash_cache = None
         self.loss_fn = loss_fn
@@ -261,7 +270,7 @@ class Attributor:
 
     def _open_store(self, sub: str, role: str, fn: Callable) -> GradientStore:
         path = self._path(sub)
-        store = GradientStore(path)
+        store = open_store(path)  # one process's store, or the parts several ranks wrote
         given = self._fingerprint(role, fn)
         stored = store.fingerprint
         check_fingerprint({k: stored.get(k, "<missing>") for k in given}, given, where=repr(path))
@@ -299,6 +308,8 @@ class Attributor:
         except StopIteration:
             raise ValueError("the loader yielded no batches") from None
         fp = self._fingerprint(role, fn, n, first)
+        if _group.active() or is_sharded(self._path(sub)):  # one part of the store per rank
+            return write_sharded(self, loader, sub, fp, n, fn, desc, check_batch)
         with StoreWriter(self._path(sub), fingerprint=fp, num_rows=n, block_sizes=self.block_sizes,
                          dtype=self.dtype, chunk_rows=self.chunk_rows,
                          layers=[i.name for i in self.layers],
@@ -434,13 +445,7 @@ class Attributor:
             else:
                 fisher._store = store.digest
                 return fisher
-        fisher = BlockFisher(blocks, device=self.device)
-        from tqdm.auto import tqdm
-        with tqdm(total=store.num_rows, desc="Fisher", unit="ex", unit_scale=True,
-                  dynamic_ncols=True, disable=not self.progress) as bar:
-            for _, G in store.chunks(dtype=torch.float32, device=self.device):
-                fisher.update(G)
-                bar.update(G.shape[0])
+        fisher = accumulate_fisher(store, blocks, device=self.device, progress=self.progress)
         save_cache({"store": store.digest, "block_sizes": blocks, "state": fisher.state_dict()}, path)
         fisher._store = store.digest
         return fisher
