@@ -7,6 +7,8 @@
 See docs/capture.md.
 """
 from .capture import BatchDependenceError, GradientCapture
+from .loop import CapturedWindow, LoopCapture
 from .select import discover_layers, is_linear, linear_dims
 
-__all__ = ["GradientCapture", "BatchDependenceError", "discover_layers", "is_linear", "linear_dims"]
+__all__ = ["GradientCapture", "BatchDependenceError", "discover_layers", "is_linear", "linear_dims",
+           "LoopCapture", "CapturedWindow"]
