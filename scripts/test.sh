@@ -19,6 +19,13 @@ echo "== Python dependencies"
 # Store integrity: chunk and cache-file checksums (XXH3) are a runtime dependency of grass.
 "$PY" -m pip install -q "xxhash>=3.0"
 
+# Training-loop capture through Hugging Face's Trainer (tests/python/test_capture_hf.py, and
+# bench/bench_throughput.py's GPT-2): transformers and accelerate, never moving torch.
+TORCH_PIN="$(mktemp)"
+"$PY" -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > "$TORCH_PIN"
+"$PY" -m pip install -q -c "$TORCH_PIN" "transformers>=4.46" "accelerate>=1.0"
+rm -f "$TORCH_PIN"
+
 echo "== C++ library, tests and benchmarks (CUDA kernels built when nvcc is present)"
 cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGRASS_ENABLE_CUDA=AUTO
 cmake --build "$BUILD" -j "$JOBS"

@@ -190,6 +190,7 @@ class LoopCapture:
                              "loop capture takes compressors that need none")
         self.block_sizes = [int(self.compressors[i.name].k) for i in self.layers]
         self._window = None
+        self._rec = None
         self._step = 0
 
     @property
@@ -198,9 +199,11 @@ class LoopCapture:
 
     # -- windows -----------------------------------------------------------------------
     @contextlib.contextmanager
-    def window(self, name: str, *, rows: int, learning_rate: float = 1.0):
+    def window(self, name: str, *, rows: Optional[int] = None, learning_rate: float = 1.0):
         """Capture every step block run inside into a new window ``name`` of exactly
-        ``rows`` rows (e.g. one step: its batch size; one epoch: the dataset size)."""
+        ``rows`` rows (e.g. one epoch: the dataset size), written chunk by chunk as they
+        come; ``rows=None`` keeps the rows in memory and writes them when the window
+        closes (for a few steps)."""
         if self._window is not None:
             raise RuntimeError(f"window {self._window['name']!r} is still open; windows do not nest")
         if not name or os.sep in name or name.startswith("."):
@@ -216,19 +219,29 @@ class LoopCapture:
         fp = {"role": "loop-capture", "window": name, "model": weights_hash,
               "compressor": self.spec.config(), "layers": [i.to_dict() for i in self.layers],
               "block_sizes": self.block_sizes, "dtype": self.dtype}
-        writer = StoreWriter(os.path.join(path, "train"), fingerprint=fp, num_rows=int(rows),
-                             block_sizes=self.block_sizes, dtype=self.dtype,
-                             chunk_rows=self.chunk_rows, layers=[i.name for i in self.layers],
-                             meta={"capture": "training loop"})
-        self._window = {"name": name, "path": path, "writer": writer, "ids": [], "steps": [],
-                        "hash": weights_hash}
+        def writer(n):
+            return StoreWriter(os.path.join(path, "train"), fingerprint=fp, num_rows=int(n),
+                               block_sizes=self.block_sizes, dtype=self.dtype,
+                               chunk_rows=self.chunk_rows, layers=[i.name for i in self.layers],
+                               meta={"capture": "training loop"})
+        self._window = {"name": name, "path": path, "writer": writer(rows) if rows is not None else None,
+                        "buffer": [], "ids": [], "steps": [], "hash": weights_hash}
         ok = False
         try:
             yield self
             ok = True
         finally:
+            self._abort_step()
             w, self._window = self._window, None
-            w["writer"].close()
+            if w["writer"] is None and ok:
+                if not w["buffer"]:
+                    raise ValueError(f"window {name!r} captured no step")
+                with writer(sum(b.shape[0] for b in w["buffer"])) as wr:
+                    for b in w["buffer"]:
+                        wr.append(b)
+                w["writer"] = wr
+            if w["writer"] is not None:
+                w["writer"].close()
             if ok:
                 if w["writer"].written_rows != w["writer"].num_rows:
                     raise ValueError(f"window {name!r} was opened for rows={rows} but its steps "
@@ -236,7 +249,7 @@ class LoopCapture:
                 ids = torch.cat(w["ids"]) if w["ids"] else torch.empty(0, dtype=torch.int64)
                 _save_atomic(ids, os.path.join(path, "ids.pt"))
                 _write_json(os.path.join(path, WINDOW), {
-                    "name": name, "rows": int(rows), "learning_rate": float(learning_rate),
+                    "name": name, "rows": w["writer"].num_rows, "learning_rate": float(learning_rate),
                     "steps": w["steps"], "weights_changed": hash_module(self.model) != w["hash"],
                     "reduction": self.reduction, "closed": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
@@ -273,19 +286,41 @@ class LoopCapture:
         ids of the batch's samples; ``scale``: per-sample factor(s) turning the loop's
         output gradients into those of each sample's own loss (default from ``reduction``).
         Outside a window the block runs untouched."""
+        self.begin_step()
+        try:
+            yield
+        except BaseException:
+            self._abort_step()
+            raise
+        self.end_step(ids, scale=scale)
+
+    def begin_step(self) -> None:
+        """Start one micro-batch (`step` does begin/end; a callback calls them itself)."""
+        self._abort_step()
+        self._rec = _OutputGrads(self._entries).__enter__() if self._window is not None else None
+
+    def _abort_step(self) -> None:
+        rec, self._rec = getattr(self, "_rec", None), None
+        if rec is not None:
+            rec.__exit__(None, None, None)
+
+    def end_step(self, ids, scale=None) -> None:
+        """Finish the micro-batch begun by `begin_step`: compress and append its rows."""
         step = self._step
         self._step += 1
-        if self._window is None:
-            yield
+        rec, self._rec = getattr(self, "_rec", None), None
+        if rec is None:
             return
+        rec.__exit__(None, None, None)
         ids = torch.as_tensor(ids).detach().to("cpu", torch.int64).flatten()
-        rec = _OutputGrads(self._entries)
-        with rec:
-            yield
         rows = self._rows(rec, int(ids.numel()), scale)
-        self._window["writer"].append(rows)
-        self._window["ids"].append(ids)
-        self._window["steps"].append(step)
+        w = self._window
+        if w["writer"] is None:
+            w["buffer"].append(rows.cpu())
+        else:
+            w["writer"].append(rows)
+        w["ids"].append(ids)
+        w["steps"].append(step)
 
     def _rows(self, rec: _OutputGrads, B: int, scale) -> torch.Tensor:
         if scale is None:
