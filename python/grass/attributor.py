@@ -243,7 +243,7 @@ class Attributor:
         tensors = list(self.model.parameters()) + list(self.model.buffers())
         key = tuple((id(t), t.data_ptr(), t._version) for t in tensors)
         if self._hash_cache is None or self._hash_cache[0] != key:
-            self._hash_cache = (key, hash_module(self.model))
+            self._hash_cache = (key, _group.hash_model(self.model))  # FSDP2: full weights
         return self._hash_cache[1]
 
     def _static_fingerprint(self, *, with_state: bool = True) -> Dict[str, Any]:

@@ -3,10 +3,11 @@
     torchrun --standalone --nproc_per_node=2 dist_worker.py RUN_DIR OUT_DIR [KILL_RANK KILL_AT]
 
 Caches the training set of `problem()` with the Attributor under a gloo process group
-(the model wrapped in DistributedDataParallel), then fits, scores, takes top-k and
+(the model wrapped in DistributedDataParallel, or sharded by FSDP2), then fits, scores, takes top-k and
 self-influence, and saves what it got as OUT_DIR/rank<r>.pt. With KILL_RANK/KILL_AT the
 given rank SIGKILLs itself when its loss function is called for the KILL_AT-th time
-(mid-cache). Every rank records how many training examples its loss function saw.
+(mid-cache). With GRASS_TEST_WRAP=fsdp the model is sharded with FSDP2 (fully_shard)
+instead of wrapped in DDP. Every rank records how many training examples its loss function saw.
 """
 import json
 import os
@@ -55,8 +56,16 @@ def main():
     if len(sys.argv) > 3 and int(sys.argv[3]) == r:
         _KILL[0] = int(sys.argv[4])
     model, train, test = problem()
-    ddp = nn.parallel.DistributedDataParallel(model)
-    attr = attributor(ddp, run_dir)
+    if os.environ.get("GRASS_TEST_WRAP") == "fsdp":  # FSDP2: each linear layer sharded
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+        mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+        for layer in (model[0], model[2], model):
+            fully_shard(layer, mesh=mesh)
+        wrapped = model
+    else:
+        wrapped = nn.parallel.DistributedDataParallel(model)
+    attr = attributor(wrapped, run_dir)
     attr.cache(DataLoader(train, batch_size=BATCH), check_batch=False)
     with open(os.path.join(out_dir, f"seen{r}.json"), "w") as f:
         json.dump({"calls": _SEEN[0], "examples": _SEEN[1]}, f)

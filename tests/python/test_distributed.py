@@ -27,8 +27,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 KILL_AT = 4  # rank 1 dies on its 4th batch, after committing 3 (CHUNK == BATCH)
 
 
-def _torchrun(*args, check=True):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+def _torchrun(*args, check=True, **env_extra):
+    env = dict(os.environ, OMP_NUM_THREADS="1", **env_extra)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            os.path.join(HERE, "dist_worker.py"), *map(str, args)]
     p = subprocess.run(cmd, env=env, cwd=HERE, capture_output=True, text=True, timeout=600)
@@ -87,7 +87,7 @@ def runs(tmp_path_factory):
     finally:
         torch.set_num_threads(threads)
     return dict(layout=layout, before=before, seen=seen, ranks=ranks, single=single,
-                from_parts=from_parts)
+                from_parts=from_parts, base=base)
 
 
 def test_killed_rank_resumes_without_recomputing_committed_chunks(runs):
@@ -127,3 +127,22 @@ def test_two_rank_store_scored_by_one_process_is_identical(runs):
     assert torch.equal(parts["top"][0], single["top"][0])
     assert torch.equal(parts["top"][1], single["top"][1])
     assert torch.equal(parts["self_influence"], single["self_influence"])
+
+
+def test_fsdp2_sharded_model_gives_single_process_scores(runs):
+    """FSDP2 (fully_shard on CPU with gloo): the layers' forward hooks see the unsharded
+    weights, the fingerprint hashes the full weights, so scores match one process."""
+    pytest.importorskip("torch.distributed.fsdp")
+    base = runs["base"]
+    out = base / "out_fsdp"
+    out.mkdir()
+    _torchrun(base / "run_fsdp", out, GRASS_TEST_WRAP="fsdp")
+    single = runs["single"]
+    scale = single["scores"].abs().max()
+    for r in range(2):
+        res = torch.load(out / f"rank{r}.pt", weights_only=False)
+        torch.testing.assert_close(res["scores"], single["scores"], rtol=1e-5, atol=1e-5 * scale)
+        assert torch.equal(res["indices"], single["top"][1])
+    # the store it wrote is the one-process store, row for row
+    one = grass.distributed.open_store(str(base / "run_fsdp" / "train"))
+    assert torch.equal(one.gradients(), single["store"])

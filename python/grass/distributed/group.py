@@ -115,3 +115,23 @@ def all_gather_object(value):
     out = [None] * dist.get_world_size()
     dist.all_gather_object(out, value)
     return out
+
+
+def hash_model(model: nn.Module) -> str:
+    """`grass.store.hash_module` of the full model: parameters sharded by FSDP2
+    (``fully_shard``, DTensors) are gathered first, so every rank, and one process with
+    the unsharded model, get the same hash. Collective when the model is sharded."""
+    from ..store.fingerprint import hash_module, hash_tensors
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover - torch without DTensor
+        return hash_module(model)
+    params = list(model.named_parameters())
+    buffers = list(model.named_buffers())
+    if not any(isinstance(t, DTensor) for _, t in params + buffers):
+        return hash_module(model)
+
+    def full(t):
+        return t.full_tensor() if isinstance(t, DTensor) else t
+    return hash_tensors([("param:" + n, full(p)) for n, p in params]
+                        + [("buffer:" + n, full(b)) for n, b in buffers])
