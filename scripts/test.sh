@@ -54,6 +54,8 @@ echo "== Python benchmark smoke runs"
 for b in bench_sketch bench_ifvp bench_mask bench_factored; do "$PY" "bench/$b.py" --quick >/dev/null; done
 # Scoring with the store's chunk checks beside it (docs/store.md, "Integrity").
 "$PY" bench/bench_score.py --quick >/dev/null
+# GPT-2 caching against a training step, and scoring at 1 and 2 processes (gloo), tiny sizes
+"$PY" bench/bench_throughput.py --quick >/dev/null
 # Run from outside the source tree so the installed package (with its compiled module) is imported.
 cd tests/python
 set +e

@@ -21,8 +21,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-from ..store import GradientStore, fingerprint_digest
-from ..store.store import STORE_DTYPES, _fsync_dir
+from ..store import STORE_DTYPES, GradientStore, fingerprint_digest
 
 __all__ = ["ShardedStore", "open_store", "is_sharded", "shard_dir", "SHARDS"]
 
@@ -49,6 +48,19 @@ def read_layout(path: str) -> Dict[str, Any]:
         raise ValueError(f"{file} is not a grass sharded-store layout (format "
                          f"{layout.get('format')!r}, expected {SHARDS_FORMAT!r})")
     return layout
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory handles
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
 
 
 def write_layout(path: str, layout: Mapping[str, Any]) -> None:
@@ -123,8 +135,7 @@ class ShardedStore(GradientStore):
                 start += n
         else:
             parts = [(store, lo, hi - lo)] if hi > lo else []
-        m = store._manifest
-        self._init_parts(parts, m["fingerprint"], hi - lo, like=store)
+        self._init_parts(parts, store.fingerprint, hi - lo, like=store)
         return self
 
     def _init_parts(self, parts: List[Tuple[GradientStore, int, int]], fingerprint, num_rows: int,
