@@ -22,6 +22,7 @@ and the peak resident-memory increase per process.
 
     python bench/bench_throughput.py                       # the full run (tens of minutes)
     python bench/bench_throughput.py --quick               # a smoke run (seconds)
+    python bench/bench_throughput.py --part topk-profile   # one top-k chunk, stage by stage
 """
 from __future__ import annotations
 
@@ -302,6 +303,38 @@ def bench_scoring(args, report):
         "top_k_identical_1_vs_2_processes": bool(same)}
 
 
+def profile_topk_chunk(args, report):
+    """Where one chunk of top-k scoring spends its time: the float16 -> float32 read, the
+    matmul, the exact integer keys of grass.score.stream.TopK, torch.topk on them, and the
+    whole TopK.add (medians of --score-reps after a warm-up)."""
+    from grass.score.stream import TopK, _order_keys
+    rows = (64 << 20) // (args.dim * 2)  # a float16 store's default chunk (64 MiB)
+    g = torch.Generator().manual_seed(0)
+    G16 = torch.randn(rows, args.dim, generator=g).half()
+    Q = _queries(args.queries, args.dim)
+    G = G16.float()
+    S = Q @ G.T
+    keys = _order_keys(S, 0, True)
+
+    def med(fn):
+        fn()
+        ts = []
+        for _ in range(max(1, args.score_reps)):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+        return statistics.median(ts)
+
+    def whole():
+        TopK(args.queries, 10).add(0, Q @ G16.float().T)
+    report["topk_chunk_profile"] = {
+        "chunk_rows": rows, "queries": args.queries, "dim": args.dim,
+        "seconds": {"float16_to_float32": med(lambda: G16.float()), "matmul": med(lambda: Q @ G.T),
+                    "order_keys": med(lambda: _order_keys(S, 0, True)),
+                    "topk_on_keys": med(lambda: torch.topk(keys, 10, dim=1, sorted=True)),
+                    "read_matmul_topk_add": med(whole)}}
+
+
 # ---------------------------------------------------------------------- report
 def machine() -> dict:
     cpu = platform.processor()
@@ -332,7 +365,8 @@ def main(argv=None):
     p.add_argument("--queries", type=int, default=1000)
     p.add_argument("--dim", type=int, default=512, help="K of the synthetic scoring store")
     p.add_argument("--score-reps", type=int, default=3)
-    p.add_argument("--part", choices=["all", "caching", "scoring"], default="all")
+    p.add_argument("--part", choices=["all", "caching", "scoring", "topk-profile"], default="all",
+                   help="topk-profile: the stages of one chunk of top-k scoring (not in 'all')")
     p.add_argument("--json", help="write the report as JSON here")
     args = p.parse_args(argv)
     if args.quick:
@@ -344,6 +378,8 @@ def main(argv=None):
         bench_caching(args, report)
     if args.part in ("all", "scoring"):
         bench_scoring(args, report)
+    if args.part == "topk-profile":
+        profile_topk_chunk(args, report)
     report["machine"]["load_average_end"] = os.getloadavg()
     text = json.dumps(report, indent=1, default=str)
     print(text)
