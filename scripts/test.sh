@@ -19,7 +19,7 @@ echo "== Python dependencies"
 # Store integrity: chunk and cache-file checksums (XXH3) are a runtime dependency of grass.
 "$PY" -m pip install -q "xxhash>=3.0"
 
-# Training-loop capture through Hugging Face's Trainer (tests/python/test_capture_hf.py, and
+# Training-loop capture through Hugging Face's Trainer (tests/python/test_loop_hf.py, and
 # bench/bench_throughput.py's GPT-2): transformers and accelerate, never moving torch.
 TORCH_PIN="$(mktemp)"
 "$PY" -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > "$TORCH_PIN"

@@ -23,6 +23,7 @@ _LAZY = {
     "precondition": "grass.precondition",
     "score": "grass.score",
     "distributed": "grass.distributed",
+    "loop": "grass.loop",
     "reference": "grass.reference",
     "testing": "grass.testing",
 }

@@ -17,7 +17,7 @@ LAYERS = [
     ["grass.store"],
     ["grass.precondition"],
     ["grass.score"],
-    ["grass.attributor", "grass.ensemble"],
+    ["grass.attributor", "grass.ensemble", "grass.distributed", "grass.loop"],
     ["grass.eval", "grass.cli"],
 ]
 

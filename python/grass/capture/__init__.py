@@ -12,10 +12,3 @@ from .select import discover_layers, is_linear, linear_dims
 __all__ = ["GradientCapture", "BatchDependenceError", "discover_layers", "is_linear", "linear_dims",
            "LoopCapture", "CapturedWindow"]
 
-
-def __getattr__(name):
-    # Loop capture writes stores, and grass.store imports capture.batch: load it on first use.
-    if name in ("LoopCapture", "CapturedWindow"):
-        from . import loop
-        return getattr(loop, name)
-    raise AttributeError(f"module 'grass.capture' has no attribute {name!r}")

@@ -7,8 +7,9 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
 import grass  # noqa: E402
-from grass.capture import GradientCapture, LoopCapture  # noqa: E402
-from grass.capture.hf import GradientCaptureCallback  # noqa: E402
+from grass.capture import GradientCapture
+from grass.loop import LoopCapture  # noqa: E402
+from grass.loop.hf import GradientCaptureCallback  # noqa: E402
 
 N, T, V, BATCH = 12, 8, 40, 4
 STEPS = (1, 4)

@@ -1,4 +1,4 @@
-"""grass.capture.LoopCapture: gradients captured from an ordinary training loop (its own
+"""grass.loop.LoopCapture: gradients captured from an ordinary training loop (its own
 forward, mean loss, backward and optimizer step) against caching the same checkpoints
 afterwards, and the loop itself unchanged by the capture."""
 import contextlib
@@ -9,7 +9,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import grass
-from grass.capture import GradientCapture, LoopCapture
+from grass.capture import GradientCapture
+from grass.loop import LoopCapture
 
 N, M, B, EPOCHS, LR = 64, 5, 8, 3, 0.1
 STEP_WINDOWS = (2, 5, 11)          # single-step windows (TracIn's captured steps)

@@ -1,4 +1,4 @@
-"""Scores from windows captured in a training loop (`grass.capture.LoopCapture`).
+"""Scores from windows captured in a training loop (`grass.loop.LoopCapture`).
 
 A window's rows are in the order the loop visited the examples, each with its example id;
 the scores of its rows are added into the columns of their ids (an example captured twice
@@ -18,10 +18,11 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from ..capture.capture import GradientCapture
+from ..distributed.score import accumulate_fisher
 from ..precondition import Preconditioner
-from .checkpoints import checkpoint_weights
-from .influence import influence_queries
-from .stream import ScoreTerm, full_scores
+from ..score.checkpoints import checkpoint_weights
+from ..score.influence import influence_queries
+from ..score.stream import ScoreTerm, full_scores
 
 __all__ = ["window_target_gradients", "captured_tracin", "captured_influence"]
 
@@ -74,7 +75,6 @@ def captured_influence(capture, target_fn: Callable, test, *, num_examples: int,
                        progress: bool = False) -> torch.Tensor:
     """Influence [M, num_examples] at one window (default: the last finished one), with the
     block-diagonal Fisher of that window's rows."""
-    from ..distributed.score import accumulate_fisher
     w = _windows(capture, None if window is None else [window])[-1]
     if w.info["weights_changed"]:
         warnings.warn(f"the weights changed while window {w.name!r} was captured (its steps "

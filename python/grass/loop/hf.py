@@ -1,7 +1,7 @@
 """A Hugging Face ``TrainerCallback`` that captures compressed per-sample gradients while
 ``trainer.train()`` runs (needs ``transformers``; see docs/capture.md).
 
-    cap = grass.capture.LoopCapture(model, grass.compress.FactGraSS(k=4096), store="runs/x")
+    cap = grass.loop.LoopCapture(model, grass.compress.FactGraSS(k=4096), store="runs/x")
     trainer = Trainer(model, args, train_dataset=ds, callbacks=[
         GradientCaptureCallback(cap, steps=[100, 200], scale="tokens")])
     trainer.train()
@@ -28,9 +28,9 @@ import torch
 try:
     from transformers import TrainerCallback
 except ImportError as e:  # pragma: no cover - exercised only without transformers
-    raise ImportError("grass.capture.hf needs transformers (pip install transformers)") from e
+    raise ImportError("grass.loop.hf needs transformers (pip install transformers)") from e
 
-from .loop import LoopCapture
+from .capture import LoopCapture
 
 __all__ = ["GradientCaptureCallback", "token_count"]
 
@@ -54,7 +54,7 @@ class GradientCaptureCallback(TrainerCallback):
                  ids_key: str = "example_id", scale: Union[str, Callable] = "mean",
                  epoch_rows: Optional[int] = None, learning_rate: Optional[float] = None):
         if not isinstance(capture, LoopCapture):
-            raise TypeError(f"capture must be a grass.capture.LoopCapture, got {type(capture).__name__}")
+            raise TypeError(f"capture must be a grass.loop.LoopCapture, got {type(capture).__name__}")
         if not (callable(scale) or scale in ("mean", "tokens")):
             raise ValueError(f"scale must be 'mean', 'tokens' or a callable, got {scale!r}")
         self.capture = capture

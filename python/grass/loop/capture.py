@@ -1,6 +1,6 @@
 """Capture compressed per-sample gradients from the user's own training loop.
 
-    cap = grass.capture.LoopCapture(model, grass.compress.FactGraSS(k=4096), store="runs/x")
+    cap = grass.loop.LoopCapture(model, grass.compress.FactGraSS(k=4096), store="runs/x")
     for step, (ids, x, y) in enumerate(loader):            # an ordinary loop, shuffling allowed
         with cap.window(f"step-{step}") if step in chosen else contextlib.nullcontext():
             with cap.step(ids):                            # a no-op outside a window
@@ -38,9 +38,10 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
+from ..distributed.group import unwrap_model
 from ..store import GradientStore, StoreWriter, hash_module
 from ..store.store import _check_dtype
-from .select import discover_layers
+from ..capture.select import discover_layers
 
 __all__ = ["LoopCapture", "CapturedWindow"]
 
@@ -162,7 +163,6 @@ class LoopCapture:
 
     def __init__(self, model: nn.Module, compressor, store: str, *, layers=None,
                  dtype: str = "float32", reduction: str = "mean", chunk_rows: Optional[int] = None):
-        from ..distributed.group import unwrap_model
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if compressor is None or not hasattr(compressor, "build"):
@@ -268,15 +268,15 @@ class LoopCapture:
     def open(self, name: str) -> CapturedWindow:
         return CapturedWindow(os.path.join(self.root, name))
 
-    # -- scores (grass.score.captured) -------------------------------------------------
+    # -- scores (grass.loop.scores) -------------------------------------------------
     def tracin(self, target_fn, test, *, num_examples: int, windows=None, **kw) -> torch.Tensor:
-        """TracIn [M, num_examples] over the finished windows (see grass.score.captured)."""
-        from ..score.captured import captured_tracin
+        """TracIn [M, num_examples] over the finished windows (see grass.loop.scores)."""
+        from .scores import captured_tracin
         return captured_tracin(self, target_fn, test, num_examples=num_examples, windows=windows, **kw)
 
     def influence(self, target_fn, test, *, num_examples: int, window=None, **kw) -> torch.Tensor:
         """Influence [M, num_examples] at one window (default: the last finished one)."""
-        from ..score.captured import captured_influence
+        from .scores import captured_influence
         return captured_influence(self, target_fn, test, num_examples=num_examples, window=window, **kw)
 
     # -- steps -------------------------------------------------------------------------
