@@ -231,7 +231,9 @@ def _worker(rank, world, port, store_path, nq, dim, k, threads, conn):
     dist.barrier()
     t, mem, idx = _score_once(store_path, queries, k)
     dist.barrier()
-    conn.put((rank, t, mem, idx if rank == 0 else None))
+    # numpy, not a tensor: a tensor would travel as a shared-memory handle that dies
+    # with this process
+    conn.put((rank, t, mem, idx.numpy() if rank == 0 else None))
     dist.destroy_process_group()
 
 
@@ -260,7 +262,7 @@ def _two_processes(store_path, nq, dim, k, threads):
     if any(p.exitcode != 0 for p in procs):
         raise RuntimeError("a scoring worker failed")
     # rank 0's time runs from the first barrier to the second: the sharded scoring and merge
-    return out[0][1], [x[2] for x in out], out[0][3], wall
+    return out[0][1], [x[2] for x in out], torch.from_numpy(out[0][3]), wall
 
 
 def bench_scoring(args, report):
