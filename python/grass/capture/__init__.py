@@ -9,6 +9,4 @@ See docs/capture.md.
 from .capture import BatchDependenceError, GradientCapture
 from .select import discover_layers, is_linear, linear_dims
 
-__all__ = ["GradientCapture", "BatchDependenceError", "discover_layers", "is_linear", "linear_dims",
-           "LoopCapture", "CapturedWindow"]
-
+__all__ = ["GradientCapture", "BatchDependenceError", "discover_layers", "is_linear", "linear_dims"]
