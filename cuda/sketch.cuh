@@ -284,8 +284,9 @@ constexpr size_t kPreferredAccBytes = 96 * 1024;
 // memory. max_rows: the kernel's compile-time row limit.
 //
 // Deterministic plans never split a row: one block owns each output row and adds its
-// entries in ascending order, so the result is independent of the device and equal to
-// the CPU kernel's (same additions in the same order). Parallelism then comes from rows
+// entries in the order of grass/detail/sum_order.h (range partials folded in order), so
+// the result is independent of the device and the plan, and equal to the CPU kernel's
+// (same additions in the same order). Parallelism then comes from rows
 // alone (R is lowered so that there are about as many blocks as SMs when B allows).
 RowsPlan plan_rows(const DeviceLimits& dev, int threads, int regs, int64_t B, int64_t n_entries,
                    int64_t k, bool deterministic, int64_t tile, size_t per_row_extra,

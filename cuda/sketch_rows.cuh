@@ -135,10 +135,9 @@ __global__ void __launch_bounds__(NT, kMinBlocks<NT, kDet>) sketch_rows_kernel(S
     const bool fold = kDet && part != a.y + b0 * k;  // deterministic: partials folded into y
     if (!kGlobalAcc || fold) zero_shared<NT>(part, rows * k);
 
-    // Deterministic: one pass per range of the row (sum_order.h); fast: the chunk.
-    const int64_t seg_w = kDet ? a.width : a.chunk;
-    for (int64_t s0 = c_begin; s0 < c_end; s0 += seg_w) {
-      const int64_t s1 = min64(c_end, s0 + seg_w);
+    // Deterministic: one pass per range of the row (sum_order.h); fast: the whole chunk.
+    for (int64_t s0 = c_begin, s1; s0 < c_end; s0 = s1) {
+      s1 = kDet ? min64(c_end, s0 + a.width) : c_end;
       for (int64_t base = s0; base < s1; base += C) {
         const int64_t e0 = base + static_cast<int64_t>(threadIdx.x) * EPT;
         const int n = static_cast<int>(max64(0, min64(EPT, s1 - e0)));

@@ -2,7 +2,10 @@
 // deterministic SJLT / GraSS / CSR, the transpose and FJLT must be bitwise equal to the CPU;
 // fast paths, kron and FactGraSS within 1e-5 (relative to the largest output); mask gather
 // byte for byte. Cases cover one and several chunks per row, several rows per block,
-// global accumulators (a small shared-memory opt-in limit), misaligned rows, every dtype.
+// global accumulators (a small shared-memory opt-in limit), misaligned rows, every dtype,
+// and rows past one column range of the summation order (grass/detail/sum_order.h), up
+// to p = 2^26, where the CPU results are also checked against that order written out
+// plainly (order_reference).
 #include <cuda_runtime.h>
 
 #include <algorithm>
