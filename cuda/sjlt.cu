@@ -30,6 +30,13 @@ constexpr int64_t kCsrMaxParts = 64;  // blocks per row at most
 // Row b is split into parts = clamp(ceil(len / min_part), 1, G) parts of equal length;
 // block (c, b) sketches part c. A row in one part is stored; a row in several parts is
 // added atomically into zeroed y (fast mode; the deterministic mode always uses G = 1).
+//
+// Deterministic mode: the row's non-zeros are summed in the segments of
+// grass/detail/sum_order.h (CsrSegments, as sjlt_csr_cpu does), each segment's partial
+// sum from +0, folded into y in segment order. When a.width > 0 (p above one column
+// range), each tile is cut at the first non-zero outside the current segment (a
+// block-wide minimum); when that non-zero is the tile's first, the partial is folded and
+// its segment begins. Every thread keeps the same copy of the segment state.
 template <typename Tag, int NT, bool kDet, bool kGlobalAcc>
 __global__ void __launch_bounds__(NT, gpu::kMinBlocks<NT, kDet>)
     sjlt_csr_kernel(const int64_t* __restrict__ indptr, const int64_t* __restrict__ indices,
@@ -46,6 +53,16 @@ __global__ void __launch_bounds__(NT, gpu::kMinBlocks<NT, kDet>)
   float* const acc = dyn_smem;                               // [k]
   float* const vals = kGlobalAcc ? dyn_smem : dyn_smem + k;  // [C] (deterministic)
 
+  // Deterministic, several segments: each tile's first entry outside the current segment,
+  // as an offset (C: none), a block-wide minimum. Two slots, used by alternate tiles, so
+  // one barrier per tile suffices: after reading slot i, thread 0 resets slot i ^ 1, which
+  // every thread read before that barrier; and each tile passes a barrier after the reset
+  // (its sort, or its fold) before the next tile's atomicMin on slot i ^ 1.
+  __shared__ int tile_cut[2];
+  const bool segmented = kDet && a.width > 0;
+  if (segmented && threadIdx.x == 0) tile_cut[0] = tile_cut[1] = C;  // zero_shared syncs
+  int slot = 0;
+
   for (int64_t b = blockIdx.y; b < a.B; b += gridDim.y) {
     const int64_t start = indptr[b];
     const int64_t len = max64(0, indptr[b + 1] - start);
@@ -54,19 +71,45 @@ __global__ void __launch_bounds__(NT, gpu::kMinBlocks<NT, kDet>)
     if (c >= parts) continue;  // uniform over the block
     const int64_t lo = start + len * c / parts;
     const int64_t hi = start + len * (c + 1) / parts;
-    float* const dst = kGlobalAcc ? a.y + b * k : acc;
-    if constexpr (!kGlobalAcc) gpu::zero_shared<NT>(acc, k);
+    // Where the sums (deterministic: the current segment's partial sums) accumulate.
+    float* const dst = !kGlobalAcc ? acc
+                       : (kDet && a.partials != nullptr) ? a.partials + static_cast<int64_t>(blockIdx.y) * k
+                                                         : a.y + b * k;
+    const bool fold = kDet && dst != a.y + b * k;  // deterministic: partials folded into y
+    if (!kGlobalAcc || fold) gpu::zero_shared<NT>(dst, k);
+    detail::CsrSegments seg(segmented ? a.width : 1);
+    bool first_fold = true;
 
-    for (int64_t base = lo; base < hi; base += C) {
+    for (int64_t base = lo; base < hi;) {
+      int64_t end = min64(hi, base + C);
       const int64_t e0 = base + static_cast<int64_t>(threadIdx.x) * EPT;
-      const int n = static_cast<int>(max64(0, min64(EPT, hi - e0)));
+      int n = static_cast<int>(max64(0, min64(EPT, end - e0)));
       int64_t col[EPT];
       float v[EPT];
 #pragma unroll
-      for (int i = 0; i < EPT; ++i) {
-        col[i] = i < n ? __ldg(indices + e0 + i) : 0;
-        v[i] = i < n ? gpu::to_float(__ldg(values + e0 + i), Tag{}) : 0.0f;
+      for (int i = 0; i < EPT; ++i) col[i] = i < n ? __ldg(indices + e0 + i) : 0;
+      if (segmented) {
+        // The tile ends at its first non-zero outside the current segment.
+        int mine = C;
+#pragma unroll
+        for (int i = EPT - 1; i >= 0; --i)
+          if (i < n && !seg.holds(col[i])) mine = static_cast<int>(threadIdx.x) * EPT + i;
+        if (mine < C) atomicMin(&tile_cut[slot], mine);
+        __syncthreads();
+        const int cut = tile_cut[slot];
+        if (threadIdx.x == 0) tile_cut[slot ^ 1] = C;
+        slot ^= 1;
+        if (cut == 0) {   // the non-zero at base begins the next segment (uniform)
+          if (fold) gpu::fold_rows<NT>(a, dst, b, 1, first_fold);
+          first_fold = false;
+          seg.restart(__ldg(indices + base));
+          continue;
+        }
+        end = min64(end, base + cut);
+        n = static_cast<int>(max64(0, min64(EPT, end - e0)));
       }
+#pragma unroll
+      for (int i = 0; i < EPT; ++i) v[i] = i < n ? gpu::to_float(__ldg(values + e0 + i), Tag{}) : 0.0f;
       if constexpr (!kDet) {
         gpu::ReplicaCursor cur = gpu::replicas(a);
         for (int64_t rep = 0; rep < a.s; ++rep, cur.advance()) {
@@ -97,8 +140,11 @@ __global__ void __launch_bounds__(NT, gpu::kMinBlocks<NT, kDet>)
           __syncthreads();
         }
       }
+      base = end;
     }
-    if constexpr (!kGlobalAcc) {
+    if (fold) {
+      gpu::fold_rows<NT>(a, dst, b, 1, first_fold);
+    } else if constexpr (!kGlobalAcc) {
       __syncthreads();
       gpu::flush_rows<NT>(a, parts == 1 ? gpu::Flush::kStore : gpu::Flush::kAtomic, acc, b, 1);
       __syncthreads();
@@ -141,9 +187,20 @@ void launch_csr(const int64_t* indptr, const int64_t* indices, const void* value
     if (global_acc || G > 1)
       gpu::check_cuda(cudaMemsetAsync(a.y, 0, static_cast<size_t>(a.B * a.k) * sizeof(float), stream),
                       "cudaMemsetAsync(y)", func);
+    // Deterministic mode, p above one column range: rows have several segments
+    // (sum_order.h). With y rows as accumulators their partial sums go to device scratch,
+    // one row of k floats per block.
+    const int64_t width = detail::range_width(a.k);
+    a.width = kDet && p > width ? width : 0;
+    unsigned rows_y = gpu::grid_yz(a.B);
+    const bool partials = a.width > 0 && global_acc;
+    if (partials)
+      rows_y = static_cast<unsigned>(std::min<size_t>(rows_y, std::max<size_t>(1, gpu::kPartialsBudget / acc_bytes)));
+    const gpu::Scratch scratch(partials ? rows_y * acc_bytes : 0, stream, func);
+    a.partials = scratch.as<float>();
     auto kernel = global_acc ? k_global : k_shared;
     gpu::allow_dynamic_smem(kernel, dyn, func);
-    const dim3 grid(static_cast<unsigned>(G), gpu::grid_yz(a.B));
+    const dim3 grid(static_cast<unsigned>(G), rows_y);
     kernel<<<grid, NT, dyn, stream>>>(indptr, indices, static_cast<const S*>(values), G, min_part, a);
     gpu::check_cuda(cudaGetLastError(), "launch of sjlt_csr_kernel", func);
   };

@@ -5,7 +5,9 @@
 //    does not fit, the output rows themselves in global memory);
 //  * the deterministic scatter of a tile: a stable block radix sort by bucket, then each
 //    bucket's run of entries is added by one thread in sorted order;
-//  * the flush of an accumulator into y (store, or atomic add when blocks share a row);
+//  * the flush of an accumulator into y (store, or atomic add when blocks share a row), and
+//    the deterministic mode's fold of a segment's partial sums into y, in the summation
+//    order of grass/detail/sum_order.h (shared with the CPU kernels);
 //  * the launch plan: rows per block, column chunks per row, shared memory.
 #pragma once
 #include <cub/block/block_radix_sort.cuh>
@@ -15,6 +17,7 @@
 #include <cstdint>
 
 #include "common.cuh"
+#include "grass/detail/sum_order.h"
 #include "grass/hash.h"
 #include "grass/sjlt.h"
 
@@ -69,9 +72,11 @@ GRASS_HD uint32_t sjlt_code(uint64_t key, int64_t column, int64_t s, int64_t rep
   return (rb.lo + off) | (static_cast<uint32_t>(h & 1u) << 31);
 }
 
-// value * scale with the code's sign: the same expression as the CPU kernels.
+// value * scale with the code's sign: the same expression as the CPU kernels. The
+// product is rounded on its own (__fmul_rn is never contracted into an FMA with the add
+// that follows), as on the CPU.
 __device__ __forceinline__ float signed_value(float x, float scale, uint32_t code) {
-  const float v = x * scale;
+  const float v = __fmul_rn(x, scale);
   return (code & kNegBit) ? -v : v;
 }
 
@@ -99,7 +104,18 @@ struct SketchArgs {
   Flush flush = Flush::kStore;
   bool vec_flush = false;  // y rows are 16-byte aligned: float4 flush
   float* y = nullptr;      // [B, k]
+  // Deterministic mode (grass/detail/sum_order.h): entries per segment of a dense or
+  // masked row (range_width(k)); for CSR rows range_width(k) when p exceeds it, else 0
+  // (one segment).
+  int64_t width = 0;
+  // Deterministic mode with a global accumulator and several segments per row: the
+  // segments' partial sums, R rows of k floats per block (gridDim.y blocks); else null.
+  float* partials = nullptr;
 };
+
+// Device memory for partial sums (SketchArgs::partials) at most: blocks along y are
+// capped so that their partial rows fit (the kernels loop over row groups).
+constexpr size_t kPartialsBudget = size_t{256} << 20;
 
 inline SketchArgs make_sketch_args(int64_t B, const SjltParams& params) {
   SketchArgs a;
@@ -171,6 +187,29 @@ __device__ __forceinline__ void flush_rows(const SketchArgs& a, Flush mode, cons
       }
     }
   }
+}
+
+// Deterministic mode, end of a segment: y rows [b0, b0 + rows) = part (first segment:
+// +0 + P is P itself) or y + part (later ones), in segment order as on the CPU; part
+// [rows, k] (shared memory, or the block's rows of SketchArgs::partials) is zeroed for
+// the next segment. Each element is read and written by one thread. Syncs before and
+// after.
+template <int NT>
+__device__ __forceinline__ void fold_rows(const SketchArgs& a, float* part, int64_t b0, int rows,
+                                          bool first) {
+  const int64_t k = a.k;
+  __syncthreads();
+#pragma unroll 1
+  for (int r = 0; r < rows; ++r) {
+    float* src = part + static_cast<int64_t>(r) * k;
+    float* dst = a.y + (b0 + r) * k;
+#pragma unroll 1
+    for (int64_t i = threadIdx.x; i < k; i += NT) {
+      dst[i] = first ? src[i] : dst[i] + src[i];
+      src[i] = 0.0f;
+    }
+  }
+  __syncthreads();
 }
 
 // ---- deterministic scatter ------------------------------------------------------------
@@ -245,8 +284,9 @@ constexpr size_t kPreferredAccBytes = 96 * 1024;
 // memory. max_rows: the kernel's compile-time row limit.
 //
 // Deterministic plans never split a row: one block owns each output row and adds its
-// entries in ascending order, so the result is independent of the device and equal to
-// the CPU kernel's (same additions in the same order). Parallelism then comes from rows
+// entries in the order of grass/detail/sum_order.h (range partials folded in order), so
+// the result is independent of the device and the plan, and equal to the CPU kernel's
+// (same additions in the same order). Parallelism then comes from rows
 // alone (R is lowered so that there are about as many blocks as SMs when B allows).
 RowsPlan plan_rows(const DeviceLimits& dev, int threads, int regs, int64_t B, int64_t n_entries,
                    int64_t k, bool deterministic, int64_t tile, size_t per_row_extra,

@@ -10,12 +10,19 @@
 //                 value is added into the shared accumulator with a shared-memory atomic;
 //  deterministic: the R rows' values are staged in shared memory, the codes sorted by
 //                 bucket once per tile (SortedTile) and each bucket's run is added by one
-//                 thread in ascending entry order. Rows are never split between blocks,
-//                 so every y element is the same left-to-right sum as on the CPU.
+//                 thread in ascending entry order. Rows are never split between blocks.
+//                 A row's entries are summed in the segments of grass/detail/sum_order.h
+//                 (ranges of range_width(k) entries; tiles never straddle one): each
+//                 range's partial sum from +0, then folded into y in range order. So
+//                 every y element is the CPU kernel's sum, bit for bit, for any p and any
+//                 launch configuration.
 //
-// The accumulator is then flushed (plan.flush). When k floats do not fit in shared memory
-// the y rows themselves accumulate (kGlobalAcc; y is zeroed first).
+// The accumulator is then flushed (plan.flush; deterministic: folded after each range).
+// When k floats do not fit in shared memory the y rows themselves accumulate (kGlobalAcc;
+// y is zeroed first); the deterministic mode then keeps a row's range partials in
+// SketchArgs::partials when the row has several ranges.
 #pragma once
+#include <algorithm>
 #include <type_traits>
 
 #include "sketch.cuh"
@@ -120,66 +127,77 @@ __global__ void __launch_bounds__(NT, kMinBlocks<NT, kDet>) sketch_rows_kernel(S
   for (int64_t g = blockIdx.y; g < a.n_groups; g += gridDim.y) {
     const int64_t b0 = g * a.R;
     const int rows = static_cast<int>(min64(a.R, a.B - b0));
-    if constexpr (!kGlobalAcc) zero_shared<NT>(acc, rows * k);
+    // Where the rows' sums (deterministic: the current range's partial sums) accumulate:
+    // shared memory, the block's rows of a.partials, or the y rows themselves.
+    float* const part = !kGlobalAcc                    ? acc
+                        : (kDet && a.partials != nullptr) ? a.partials + static_cast<int64_t>(blockIdx.y) * a.R * k
+                                                          : a.y + b0 * k;
+    const bool fold = kDet && part != a.y + b0 * k;  // deterministic: partials folded into y
+    if (!kGlobalAcc || fold) zero_shared<NT>(part, rows * k);
 
-    for (int64_t base = c_begin; base < c_end; base += C) {
-      const int64_t e0 = base + static_cast<int64_t>(threadIdx.x) * EPT;
-      const int n = static_cast<int>(max64(0, min64(EPT, c_end - e0)));
-      const typename Src::Entries ent = src.entries(e0, n);
+    // Deterministic: one pass per range of the row (sum_order.h); fast: the whole chunk.
+    for (int64_t s0 = c_begin, s1; s0 < c_end; s0 = s1) {
+      s1 = kDet ? min64(c_end, s0 + a.width) : c_end;
+      for (int64_t base = s0; base < s1; base += C) {
+        const int64_t e0 = base + static_cast<int64_t>(threadIdx.x) * EPT;
+        const int n = static_cast<int>(max64(0, min64(EPT, s1 - e0)));
+        const typename Src::Entries ent = src.entries(e0, n);
 
-      if constexpr (!kDet) {
-        ReplicaCursor cur = replicas(a);
-        for (int64_t rep = 0; rep < a.s; ++rep, cur.advance()) {
-          const ReplicaBlock rb = cur.block();
-          uint32_t code[EPT];
-          for (int r0 = 0; r0 < rows; r0 += kRowsUnroll) {
-            typename Src::Raw raw[kRowsUnroll];
+        if constexpr (!kDet) {
+          ReplicaCursor cur = replicas(a);
+          for (int64_t rep = 0; rep < a.s; ++rep, cur.advance()) {
+            const ReplicaBlock rb = cur.block();
+            uint32_t code[EPT];
+            for (int r0 = 0; r0 < rows; r0 += kRowsUnroll) {
+              typename Src::Raw raw[kRowsUnroll];
 #pragma unroll
-            for (int q = 0; q < kRowsUnroll; ++q)
-              if (r0 + q < rows) raw[q] = src.load_raw(ent, b0 + r0 + q, n);
-            if (r0 == 0) {
-              // Hashed after the first loads are issued, so it overlaps their latency.
+              for (int q = 0; q < kRowsUnroll; ++q)
+                if (r0 + q < rows) raw[q] = src.load_raw(ent, b0 + r0 + q, n);
+              if (r0 == 0) {
+                // Hashed after the first loads are issued, so it overlaps their latency.
 #pragma unroll
-              for (int i = 0; i < EPT; ++i) code[i] = sjlt_code(a.key, e0 + i, a.s, rep, rb);
-            }
+                for (int i = 0; i < EPT; ++i) code[i] = sjlt_code(a.key, e0 + i, a.s, rep, rb);
+              }
 #pragma unroll
-            for (int q = 0; q < kRowsUnroll; ++q) {
-              if (r0 + q >= rows) break;
-              float* dst = kGlobalAcc ? a.y + (b0 + r0 + q) * k : acc + (r0 + q) * k;
+              for (int q = 0; q < kRowsUnroll; ++q) {
+                if (r0 + q >= rows) break;
+                float* dst = part + (r0 + q) * k;
 #pragma unroll
-              for (int i = 0; i < EPT; ++i)
-                if (i < n) atomicAdd(dst + (code[i] & kBucketMask),
-                            signed_value(Src::value(raw[q], i), a.scale, code[i]));
+                for (int i = 0; i < EPT; ++i)
+                  if (i < n) atomicAdd(dst + (code[i] & kBucketMask),
+                              signed_value(Src::value(raw[q], i), a.scale, code[i]));
+              }
             }
           }
-        }
-      } else {
-        // Stage the tile's values of every row; the sort's barriers publish them.
-        for (int r = 0; r < rows; ++r) {
-          const typename Src::Raw raw = src.load_raw(ent, b0 + r, n);
-#pragma unroll
-          for (int i = 0; i < EPT; ++i) vals[r * C + threadIdx.x * EPT + i] = Src::value(raw, i);
-        }
-        ReplicaCursor cur = replicas(a);
-        for (int64_t rep = 0; rep < a.s; ++rep, cur.advance()) {
-          const ReplicaBlock rb = cur.block();
-          uint32_t bucket[EPT], entry[EPT];
-#pragma unroll
-          for (int i = 0; i < EPT; ++i) {
-            const uint32_t code = sjlt_code(a.key, e0 + i, a.s, rep, rb);
-            bucket[i] = i < n ? (code & kBucketMask) : static_cast<uint32_t>(k);
-            entry[i] = (threadIdx.x * EPT + i) | (code & kNegBit);
-          }
-          Tile::sort(tile_storage, bucket, entry, a.end_bit);
+        } else {
+          // Stage the tile's values of every row; the sort's barriers publish them.
           for (int r = 0; r < rows; ++r) {
-            float* dst = kGlobalAcc ? a.y + (b0 + r) * k : acc + r * k;
-            Tile::apply(tile_storage, vals + r * C, dst, static_cast<uint32_t>(k), a.scale);
+            const typename Src::Raw raw = src.load_raw(ent, b0 + r, n);
+#pragma unroll
+            for (int i = 0; i < EPT; ++i) vals[r * C + threadIdx.x * EPT + i] = Src::value(raw, i);
           }
-          __syncthreads();  // before the next sort or the next tile's staging
+          ReplicaCursor cur = replicas(a);
+          for (int64_t rep = 0; rep < a.s; ++rep, cur.advance()) {
+            const ReplicaBlock rb = cur.block();
+            uint32_t bucket[EPT], entry[EPT];
+#pragma unroll
+            for (int i = 0; i < EPT; ++i) {
+              const uint32_t code = sjlt_code(a.key, e0 + i, a.s, rep, rb);
+              bucket[i] = i < n ? (code & kBucketMask) : static_cast<uint32_t>(k);
+              entry[i] = (threadIdx.x * EPT + i) | (code & kNegBit);
+            }
+            Tile::sort(tile_storage, bucket, entry, a.end_bit);
+            for (int r = 0; r < rows; ++r)
+              Tile::apply(tile_storage, vals + r * C, part + r * k, static_cast<uint32_t>(k), a.scale);
+            __syncthreads();  // before the next sort or the next tile's staging
+          }
         }
       }
+      if constexpr (kDet) {
+        if (fold) fold_rows<NT>(a, part, b0, rows, s0 == c_begin);
+      }
     }
-    if constexpr (!kGlobalAcc) {
+    if constexpr (!kDet && !kGlobalAcc) {
       __syncthreads();
       flush_rows<NT>(a, a.flush, acc, b0, rows);
       __syncthreads();
@@ -209,9 +227,19 @@ void launch_sketch_rows(const Src& src, int64_t n_entries, SketchArgs a, bool de
     GRASS_CHECK_IN(func, plan.n_chunks <= kMaxGridX, "too many column chunks (%lld)",
                    (long long)plan.n_chunks);
     begin_output(a, plan, stream, func);
+    unsigned groups_y = grid_yz(plan.n_groups);
+    // Deterministic, y rows as accumulators, several ranges per row: the ranges' partial
+    // sums go to device scratch (R rows per block), and y receives them in range order.
+    const bool partials = kDet && plan.global_acc && detail::range_count(n_entries, a.k) > 1;
+    const size_t block_partials = static_cast<size_t>(plan.R) * static_cast<size_t>(a.k) * sizeof(float);
+    if (partials)
+      groups_y = static_cast<unsigned>(std::min<size_t>(groups_y, std::max<size_t>(1, kPartialsBudget / block_partials)));
+    const Scratch scratch(partials ? groups_y * block_partials : 0, stream, func);
+    a.width = detail::range_width(a.k);
+    a.partials = scratch.as<float>();
     auto kernel = plan.global_acc ? k_global : k_shared;
     allow_dynamic_smem(kernel, plan.dyn_smem, func);
-    const dim3 grid(static_cast<unsigned>(plan.n_chunks), grid_yz(plan.n_groups));
+    const dim3 grid(static_cast<unsigned>(plan.n_chunks), groups_y);
     kernel<<<grid, NT, plan.dyn_smem, stream>>>(src, a);
     check_cuda(cudaGetLastError(), "launch of sketch_rows_kernel", func);
   };

@@ -10,8 +10,9 @@
 // Transpose: x[b, j] = sum_r sign * y[b, bucket] / sqrt(s), a gather, parallel over
 // column tiles.
 //
-// Determinism: y[b] is written by one thread and receives its columns in ascending
-// order (replicas in order), each term rounded as (x * scale) then added with its sign.
+// Determinism: y[b] is written by one thread, in the order grass/detail/sum_order.h
+// defines (columns ascending within each column range, replicas in order, each term
+// rounded as (x * scale) then added with its sign; range partials added in order).
 // Results are bitwise identical for any thread count and SIMD path, and identical to
 // sjlt_csr_cpu on the same data with sorted indices, to masked_sjlt_cpu on the gathered
 // columns and to a plain scalar loop.
@@ -78,39 +79,37 @@ int64_t csr_add(float* yb, const int64_t* indices, const typename Tag::storage* 
   return INT64_MAX;
 }
 
-// One CSR row into yb [k] with the dense path's column ranges (sjlt_block.h): the
-// non-zeros of each range are summed into `partial` from +0 and folded into yb in range
-// order, so sorted rows give the dense result bit for bit. Unsorted rows are summed all
-// the same, in their own order (after the first step back, without further folds).
+// One CSR row into yb [k], cut into segments as grass/detail/sum_order.h defines
+// (CsrSegments, shared with the CUDA kernel): each segment's non-zeros are summed into
+// `partial` from +0 and folded into yb in segment order, so sorted rows give the dense
+// result bit for bit, and an unsorted row folds at most once per range.
 template <typename Tag>
 int64_t csr_row(float* yb, float* partial, const int64_t* indices, const typename Tag::storage* values, int64_t e,
                 int64_t e_end, int64_t p, int64_t width, const uint32_t* codes, const SjltHash hash, float scale,
                 Tag tag) {
   const int64_t k = hash.k;
   std::memset(yb, 0, static_cast<size_t>(k) * sizeof(float));
+  // One segment (every valid column is in range 0): summed straight into yb.
   if (p <= width) return csr_add(yb, indices, values, e, e_end, p, codes, hash, scale, tag);
   std::memset(partial, 0, static_cast<size_t>(k) * sizeof(float));
-  int64_t range = 0;
-  bool sorted = true;
+  detail::CsrSegments seg(width);
   while (e < e_end) {
-    // The run of non-zeros in the current range (all the rest once unsorted).
+    // The rest of the current segment.
     int64_t run = e;
-    if (sorted) {
-      const int64_t limit = (range + 1) * width;
-      while (run < e_end && indices[run] >= range * width && indices[run] < limit) ++run;
+    if (seg.in_order()) {
+      while (run < e_end && seg.holds(indices[run])) ++run;
     } else {
       run = e_end;
     }
     const int64_t bad = csr_add(partial, indices, values, e, run, p, codes, hash, scale, tag);
     if (bad != INT64_MAX) return bad;
     e = run;
-    if (e < e_end) {
+    if (e < e_end) {  // indices[e] starts the next segment
       const int64_t j = indices[e];
       if (static_cast<uint64_t>(j) >= static_cast<uint64_t>(p)) return e;
       detail::add_into(yb, partial, k);
       std::memset(partial, 0, static_cast<size_t>(k) * sizeof(float));
-      if (j / width < range) sorted = false;
-      range = j / width;
+      seg.restart(j);
     }
   }
   detail::add_into(yb, partial, k);

@@ -9,10 +9,12 @@
 // xt[c * 16 + i] = x[row i, column c] (a register transpose for float16 / bfloat16 rows,
 // plain loads for masked columns) and scatter from it (scatter_tile).
 //
-// Per output element the terms are added in ascending column order, replicas in order,
-// each term rounded as (x * scale) then added with its sign: the same arithmetic as a
-// scalar loop over the row, so every path (AVX-512 or portable, dense, CSR, masked) gives
-// bitwise the same result.
+// Per output element the terms are added in the order grass/detail/sum_order.h defines
+// (ascending columns within each column range, replicas in order, each term rounded as
+// (x * scale) then added with its sign; the ranges' partial sums added in order): the
+// same arithmetic as a scalar loop over the row, so every path (AVX-512 or portable,
+// dense, CSR, masked, any thread count) and the deterministic CUDA kernels give bitwise
+// the same result.
 #pragma once
 #include <omp.h>
 
@@ -20,6 +22,7 @@
 #include <cstring>
 #include <new>
 
+#include "grass/detail/sum_order.h"
 #include "grass/dtype.h"
 #include "grass/hash.h"
 #include "scratch.h"
@@ -42,17 +45,14 @@ constexpr int64_t kMinBlockRows = 4;
 // one by one straight into y (no accumulator), so memory stays O(k) per thread.
 constexpr int64_t kMaxBlockK = int64_t{1} << 18;
 
-// Column ranges. A row's sum is taken range by range: each range's partial sum starts
-// from +0 and the partials are added in range order. The ranges depend on k only, never
-// on the thread count, so results stay bitwise reproducible while a small batch can
-// spread its ranges over threads. Folding a partial costs 2 * 16 * k operations against
-// at least 16 * 64 * k for the range itself (at most ~3%). For p below kMinRange (and
-// k <= 2048) a row is a single range: the plain sum in column order.
-constexpr int64_t kMinRange = int64_t{1} << 17;
-inline int64_t range_width(int64_t k) {
-  const int64_t w = kMinRange > 64 * k ? kMinRange : 64 * k;
-  return (w + kHashTile - 1) / kHashTile * kHashTile;  // whole hash tiles
-}
+// Column ranges (grass/detail/sum_order.h, shared with the CUDA kernels): a row's sum is
+// taken range by range, each range's partial sum from +0, the partials added in range
+// order. The ranges depend on k only, never on the thread count, so results stay bitwise
+// reproducible while a small batch can spread its ranges over threads. Folding a partial
+// costs 2 * 16 * k operations against at least 16 * 64 * k for the range itself (at most
+// ~3%). For n below kMinRange (and k <= 2048) a row is a single range: the plain sum in
+// column order.
+static_assert(kRangeAlign % kHashTile == 0, "ranges must be whole hash tiles");
 
 // Codes of columns [j0, j0 + n) for every replica, replica-major: bucket[r * n + c] and
 // sign[r * n + c] in {+1.0f, -1.0f}. Bit for bit SjltHash::code, in a loop the compiler
@@ -415,7 +415,7 @@ void run_blocked(int64_t B, int64_t n, int64_t k, int64_t s, float* y, Block blo
   const int64_t num_blocks = full + (rem_as_block ? 1 : 0);
   const int64_t groups = num_blocks + (rem_as_block ? 0 : rem);
   const int64_t width = range_width(k);
-  const int64_t ranges = n > width ? (n + width - 1) / width : 1;
+  const int64_t ranges = range_count(n, k);
   const int64_t line = kLanes * k;                    // a block's accumulator, in floats
   const int64_t slot = num_blocks > 0 ? line : k;     // room for any group's partial sums
   const int threads = omp_get_max_threads();

@@ -4,8 +4,9 @@
 # without a GPU: it executes the real kernel code (indexing, barriers, plans, flushes,
 # shared-memory opt-ins), not GPU timing or memory ordering. See docs/cuda.md.
 #
-#   cuda/emulation/run.sh          quick cases (about a minute on 2 cores)
-#   cuda/emulation/run.sh --full   adds larger cases (opt-in shared memory, P = 2^19)
+#   cuda/emulation/run.sh          quick cases (about 2.5 minutes on 2 cores, build included)
+#   cuda/emulation/run.sh --full   adds larger cases (opt-in shared memory, P = 2^19, more
+#                                  rows past one column range)
 #   cuda/emulation/run.sh --bench  runs `bench_cuda --quick` instead (checks the harness
 #                                  end to end; the times are the emulator's, meaningless)
 #

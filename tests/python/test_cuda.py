@@ -3,7 +3,9 @@
 What is checked here, beyond the device-parametrised tests of each op:
 
 * deterministic CUDA SJLT / GraSS / CSR equals the CPU kernel bit for bit (each output
-  element is the same left-to-right float32 sum), and FJLT and the transpose always do;
+  element is the same float32 sum in the same order: column ranges summed from +0 and
+  added in order, cpp/include/grass/detail/sum_order.h), for rows of one range and of
+  many (p up to 2**26), and FJLT and the transpose always do;
 * the fast (atomic) path is within the float32 summation bound of a float64 reference;
 * the shared-memory regimes of the sketch kernels: several rows per block, rows split in
   chunks (atomic flush), 64 KiB+ accumulators (opt-in) and accumulators in global memory;
@@ -145,6 +147,66 @@ def test_sjlt_transpose_equals_cpu(B, p, k, s, seed, gen):
     lhs = (ops.sjlt(x, k, s=s, seed=seed).double() * y.to(CUDA).double()).sum()
     rhs = (x.double() * x_cuda.double()).sum()
     assert math.isclose(float(lhs), float(rhs), rel_tol=1e-4, abs_tol=1e-4 * math.sqrt(B * p))
+
+
+# ----------------------------------------------------------------------------- summation order
+
+def range_width(k: int) -> int:
+    """Entries per column range of the summation order (cpp/include/grass/detail/sum_order.h)."""
+    return -(-max(2**17, 64 * k) // 1024) * 1024
+
+
+def csr_rows(B: int, p: int, nnz: int, dtype, gen, *, unsorted_row: int = -1):
+    """A [B, p] CSR tensor with nnz random non-zeros per row (repeats possible), columns
+    sorted except in row `unsorted_row` (rotated, so it steps back to the first range,
+    then shuffled at its end)."""
+    crow, cols = [0], []
+    for b in range(B):
+        c = torch.randint(0, p, (nnz,), generator=gen).sort().values
+        if b == unsorted_row:
+            c = torch.cat([c[nnz // 3:], c[:nnz // 3]])
+            tail = c[-(nnz // 5):]
+            c[-(nnz // 5):] = tail[torch.randperm(tail.numel(), generator=gen)]
+        cols.append(c)
+        crow.append(crow[-1] + c.numel())
+    col = torch.cat(cols)
+    vals = randn(col.numel(), generator=gen).to(dtype)
+    return torch.sparse_csr_tensor(torch.tensor(crow), col, vals, size=(B, p))
+
+
+# Rows past one column range, up to p = 2**26: 512 ranges of 2**17 (k = 256), k = 2049
+# (w = 132096, not a multiple of the 16-bit kernels' 2048-entry tile), k = 3000
+# (w = 192512) and k = 70_000 (w = 4_480_000; accumulators in global memory, the range
+# partials in device scratch).
+ORDER_CASES = [  # (B, p, k, s, dtype)
+    (2, 140_000, 64, 1, torch.float32),
+    (3, 300_000, 300, 2, torch.float32),
+    (2, 300_000, 2049, 1, torch.bfloat16),
+    (2, 300_000, 3000, 2, torch.float16),
+    (1, 2**26, 256, 1, torch.bfloat16),
+    (1, 2**26, 70_000, 1, torch.float32),
+]
+
+
+@needs_cuda
+@pytest.mark.parametrize("B, p, k, s, dtype", ORDER_CASES)
+def test_deterministic_equals_cpu_past_column_ranges(B, p, k, s, dtype, gen):
+    w = range_width(k)
+    assert p > w, "the case must reach past one column range"
+    x = randn(B, p, dtype=dtype, generator=gen)
+    xc = x.to(CUDA)
+    got = ops.sjlt(xc, k, s=s, seed=3, deterministic=True, out=nan_out((B, k)))
+    assert torch.equal(got.cpu(), ops.sjlt(x, k, s=s, seed=3)), "dense"
+    # GraSS with more mask entries than a range: a random mask, and a learned one
+    # (unsorted, with repeats).
+    kp = min(p, w + 12_345)
+    for idx in (ops.mask_indices(p, kp, seed=4), torch.randint(0, p, (kp,), generator=gen)):
+        got = ops.masked_sjlt(xc, idx.to(CUDA), k, s=s, seed=3, deterministic=True)
+        assert torch.equal(got.cpu(), ops.masked_sjlt(x, idx, k, s=s, seed=3)), "masked"
+    # CSR: sorted rows, and an unsorted one.
+    csr = csr_rows(B + 1, p, 3000 if p > 10**6 else 20_000, dtype, gen, unsorted_row=B)
+    got = ops.sjlt(csr.to(CUDA), k, s=s, seed=3, deterministic=True, out=nan_out((B + 1, k)))
+    assert torch.equal(got.cpu(), ops.sjlt(csr, k, s=s, seed=3)), "csr"
 
 
 # ----------------------------------------------------------------------------- masks

@@ -14,6 +14,7 @@ void masked_sjlt_cpu(const void* x /* [B, p] */, DType dtype, int64_t B, int64_t
                      const SjltParams& params);
 
 #if defined(GRASS_WITH_CUDA)
+// As sjlt_cuda: deterministic=true equals masked_sjlt_cpu bit for bit.
 void masked_sjlt_cuda(const void* x, DType dtype, int64_t B, int64_t p, const int64_t* idx,
                       int64_t kp, float* y, const SjltParams& params, bool deterministic,
                       void* stream);

@@ -52,8 +52,10 @@ void sjlt_transpose_cpu(const float* y /* [B, k] */, int64_t B, int64_t p,
 // ---- CUDA (compiled when GRASS_WITH_CUDA) ----
 // Same functions, device pointers, launched on `stream` (a cudaStream_t; nullptr is the
 // legacy default stream). The fast path adds with atomics, so float results may vary
-// in the last bits between runs; deterministic=true picks an order-fixed path that is
-// bitwise reproducible (and may be slower). The CSR arrays live on the device.
+// in the last bits between runs; deterministic=true picks an order-fixed path (and may be
+// slower) that adds in the order of grass/detail/sum_order.h, as the CPU kernels do: its
+// results equal sjlt_cpu / sjlt_csr_cpu bit for bit for every p and launch configuration
+// (docs/cuda.md). The CSR arrays live on the device.
 #if defined(GRASS_WITH_CUDA)
 void sjlt_cuda(const void* x, DType dtype, int64_t B, int64_t p, float* y,
                const SjltParams& params, bool deterministic, void* stream);
