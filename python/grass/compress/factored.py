@@ -26,7 +26,7 @@ from .dense import Gaussian, projection_columns
 from .fit import FittedSpec
 from .identity import whole_layer
 from .grass import DEFAULT_MASK_FACTOR, GraSS, check_mask_kind, warn_rank
-from .mask import FactorMask, LearnedFactorMask, _factor_sizes, augment
+from .mask import FactorMask, LearnedFactorMask, _factor_sizes, augment, mask_csr
 from .selective import MaskFit
 from .sketch import SJLT, _check_s
 
@@ -104,6 +104,13 @@ class FactGraSSCompressor(LearnedFactorMask, Compressor):
         idx_out = self._cached("out", a.device, lambda: self.mask.idx_out, self.mask.d_out)
         y = ops.factgrass(a, g, idx_in, idx_out, self.k, bias=self.info.bias, s=self.s,
                           seed=self.seed, deterministic=self.deterministic)
+        return self._scaled(y)
+
+    def _compress_sparse(self, grad):
+        # The same map on a sparse gradient (a tied embedding's rows): mask, then SJLT.
+        idx = self._cached("flat", grad.device, self.mask.flat_indices, self.mask.d_in * self.mask.d_out)
+        y = ops.sjlt(mask_csr(grad, idx), self.k, s=self.s, seed=self.seed,
+                     deterministic=self.deterministic)
         return self._scaled(y)
 
     def _compress(self, grad):
