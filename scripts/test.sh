@@ -47,6 +47,8 @@ echo "== Python benchmark smoke runs"
 for b in bench_sketch bench_ifvp bench_mask bench_factored; do "$PY" "bench/$b.py" --quick >/dev/null; done
 # Scoring with the store's chunk checks beside it (docs/store.md, "Integrity").
 "$PY" bench/bench_score.py --quick >/dev/null
+# Real models (issue 10): the CNN capture benchmark.
+"$PY" bench/bench_cnn.py --quick >/dev/null
 # Run from outside the source tree so the installed package (with its compiled module) is imported.
 cd tests/python
 set +e

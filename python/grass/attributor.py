@@ -156,10 +156,31 @@ class Attributor:
         """K, the total compressed dimension (sum of the per-layer k)."""
         return sum(self.block_sizes)
 
+    @property
+    def coverage(self) -> Dict[str, Any]:
+        """What this run attributes: trainable parameters in total and attributed, per
+        capture path (layers, parameters), and the modules left out (``discover_layers``)."""
+        return self.capture.coverage
+
+    def coverage_summary(self) -> str:
+        """One line: attributed / total trainable parameters, per path, and what is left out."""
+        cov = self.coverage
+        total = max(cov["total"], 1)
+        paths = ", ".join(f"{p} {v['layers']} layer{'s' if v['layers'] != 1 else ''} / {v['params']:,}"
+                          for p, v in cov["paths"].items())
+        line = (f"coverage {cov['attributed']:,}/{cov['total']:,} trainable parameters "
+                f"({100 * cov['attributed'] / total:.1f}%): {paths}")
+        if cov["left_out"]:
+            line += "; left out " + ", ".join(f"{n} ({c:,})" for n, c in cov["left_out"][:5])
+            if len(cov["left_out"]) > 5:
+                line += f" and {len(cov['left_out']) - 5} more"
+        return line
+
     def __repr__(self) -> str:
         layers = ", ".join(f"{i.name}:{k}" for i, k in zip(self.layers, self.block_sizes))
         return (f"Attributor({type(self.model).__name__}, {type(self.spec).__name__}, "
-                f"layers=[{layers}], store={self.run_dir!r}, dtype={self.dtype})")
+                f"layers=[{layers}], store={self.run_dir!r}, dtype={self.dtype}, "
+                f"{self.coverage_summary()})")
 
     def to_device(self, batch):
         return to_device(batch, self.device)
@@ -303,7 +324,11 @@ class Attributor:
                          dtype=self.dtype, chunk_rows=self.chunk_rows,
                          layers=[i.name for i in self.layers],
                          meta={"grass_version": _version(), "torch_version": torch.__version__,
-                               "device": str(self.device)}) as writer:
+                               "device": str(self.device), "coverage": _jsonable_coverage(self.coverage)}
+                         ) as writer:
+            if self.progress and writer.written_rows < n:
+                from tqdm.auto import tqdm
+                tqdm.write(f"grass: {desc}: {self.coverage_summary()}")
             if check_batch and writer.written_rows < n and batch_size(first) >= 2:
                 # A sample's gradient must not depend on its batch (BatchNorm in train
                 # mode, a loss averaged over the batch): checked once, before caching.
@@ -536,6 +561,11 @@ class Attributor:
         store = self._require_fit()
         return self_influence(self.preconditioner, store, chunk_rows=chunk_rows,
                               device=self.device, progress=self.progress)
+
+
+def _jsonable_coverage(cov: Dict[str, Any]) -> Dict[str, Any]:
+    return {"total": cov["total"], "attributed": cov["attributed"], "paths": cov["paths"],
+            "left_out": [list(x) for x in cov["left_out"]]}
 
 
 def _version() -> str:

@@ -52,6 +52,13 @@ def compress_pieces(comp, parts) -> torch.Tensor:
     for p in parts:
         if p[0] == "factors":
             z = comp.compress_factors(p[1], p[2])
+        elif p[0] == "patches":
+            columns = getattr(comp, "input_columns", None)
+            cols = columns(p[2].device) if columns is not None else None
+            if cols is None:
+                z = comp.compress_factors(p[1](), p[2])
+            else:  # the compressor reads only these input columns: gather just them
+                z = comp.compress_factor_columns(p[1](cols), p[2])
         elif p[0] == "sparse":
             z = comp.compress_sparse(p[1])
         else:
@@ -168,6 +175,8 @@ class GradientCapture:
             for info, parts in self._hooked(batch, fn or self.loss_fn, entries):
                 if len(parts) == 1 and parts[0][0] == "factors":
                     out[info.name] = (parts[0][1], parts[0][2])
+                elif len(parts) == 1 and parts[0][0] == "patches":
+                    out[info.name] = (parts[0][1](), parts[0][2])
         return out
 
     def per_sample(self, batch, fn: Optional[Callable] = None,

@@ -3,7 +3,9 @@
 One function per ``LayerInfo.path``; each returns a list of *pieces* whose sum is the
 layer's per-sample gradient in the grass layout (``docs/capture.md``):
 
-    ("factors", a [B, T, d_in], g [B, T, d_out])   sum_t g_t (x) [a_t, 1]   (Linear, Conv)
+    ("factors", a [B, T, d_in], g [B, T, d_out])   sum_t g_t (x) [a_t, 1]   (Linear)
+    ("patches", patches(columns), g)               the same, a built on demand (Conv; a
+                                                   masking compressor asks for its columns)
     ("sparse", csr [B, numel])                     rows of the tokens seen  (Embedding)
     ("grad", dense [B, numel])                     small parameters         (norms, modules)
 
@@ -62,6 +64,8 @@ def densify(piece: Piece, info: LayerInfo) -> torch.Tensor:
     if piece[0] == "factors":
         a, g = piece[1], piece[2]
         return ops.kron(a.float().contiguous(), g.float().contiguous(), bias=info.bias)
+    if piece[0] == "patches":
+        return ops.kron(piece[1]().float().contiguous(), piece[2].float().contiguous(), bias=info.bias)
     if piece[0] == "sparse":
         return piece[1].to_dense().float()
     return piece[1].float()
@@ -96,51 +100,73 @@ def _join(a_parts, g_parts, B, info, device=None):
 
 # ---- convolutions ----------------------------------------------------------------------------
 
-def conv_patches(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The unfolded input patches of ``nn.Conv1d`` / ``nn.Conv2d``: [B, T, C_in * prod(kernel)],
-    T the output positions, patch entries ordered (channel, kernel position) like
-    ``weight[o].reshape(-1)``. Padding of every mode (zeros, reflect, replicate, circular,
-    'same', 'valid') is applied first, exactly as the module pads."""
-    one_d = isinstance(module, nn.Conv1d)
+def _patch_view(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A strided view [B, C_in, kh, kw, H_out, W_out] of the padded input: entry
+    (b, c, u, v, i, j) is the input the kernel tap (u, v) of channel c meets at output (i, j).
+    Padding of every mode (zeros, reflect, replicate, circular, 'same', 'valid') is applied
+    first, exactly as the module pads."""
     pad = list(module._reversed_padding_repeated_twice)
     if any(pad):
         mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
         x = F.pad(x, pad, mode=mode)
-    if one_d:
+    if isinstance(module, nn.Conv1d):
         x = x.unsqueeze(2)
         kernel, dilation, stride = ((1,) + tuple(module.kernel_size), (1,) + tuple(module.dilation),
                                     (1,) + tuple(module.stride))
     else:
         kernel, dilation, stride = module.kernel_size, module.dilation, module.stride
-    cols = F.unfold(x, kernel, dilation=dilation, padding=0, stride=stride)  # [B, C*K, T]
-    return cols.transpose(1, 2)
+    B, C, H, W = x.shape
+    Ho = (H - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1
+    Wo = (W - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1
+    sB, sC, sH, sW = x.stride()
+    return x.as_strided((B, C, kernel[0], kernel[1], Ho, Wo),
+                        (sB, sC, sH * dilation[0], sW * dilation[1], sH * stride[0], sW * stride[1]),
+                        x.storage_offset())
+
+
+def conv_patches(module: nn.Module, x: torch.Tensor, columns=None) -> torch.Tensor:
+    """The unfolded input patches of ``nn.Conv1d`` / ``nn.Conv2d`` as [B, C_in * prod(kernel), T]
+    (T the output positions; entries ordered (channel, kernel position) like
+    ``weight[o].reshape(-1)``), or only the entries ``columns`` (int64 [n]) when given,
+    gathered straight from the input (a masking compressor reads only those)."""
+    v = _patch_view(module, x)
+    B, C, kh, kw, Ho, Wo = v.shape
+    if columns is None:
+        return v.reshape(B, C * kh * kw, Ho * Wo)
+    columns = columns.to(x.device)
+    c, rest = columns // (kh * kw), columns % (kh * kw)
+    return v[:, c, rest // kw, rest % kw].reshape(B, columns.numel(), Ho * Wo)
 
 
 def _conv(info: LayerInfo, module: nn.Module, calls: Sequence[Call], B: int) -> List[Piece]:
     G = int(module.groups)
-    a_parts, g_parts = [], []
+    xs, g_parts = [], []
     for c in calls:
         if c.x.dim() != (3 if isinstance(module, nn.Conv1d) else 4) or c.x.shape[0] != B:
             raise ValueError(f"convolution {info.name!r} saw input {list(c.x.shape)}; per-sample "
                              f"capture needs batched input [B = {B}, C, ...]")
-        a = conv_patches(module, c.x)                                   # [B, T, C_in * K]
-        g = c.g.reshape(B, c.g.shape[1], -1).transpose(1, 2)            # [B, T, C_out]
-        a_parts.append(a)
-        g_parts.append(g)
+        xs.append(c.x)
+        g_parts.append(c.g.reshape(B, c.g.shape[1], -1))   # [B, C_out, T]
+    if not xs:
+        a, g = _join([], [], B, info, module.weight.device)
+        return [("factors", a, g)]
+    # Channels-first, as the convolution lays them out; handed over as [B, T, d] views.
+    g = (g_parts[0] if len(g_parts) == 1 else torch.cat(g_parts, dim=2)).transpose(1, 2)
     if G == 1:
-        a, g = _join(a_parts, g_parts, B, info, module.weight.device)
-        return [("factors", a.contiguous(), g.contiguous())]
+        def patches(columns=None):
+            parts = [conv_patches(module, x, columns) for x in xs]
+            return (parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)).transpose(1, 2)
+        return [("patches", patches, g)]
     # groups > 1: output channel o reads only the inputs of its group, so the gradient is G
     # independent [C_out/G, C_in/G * K] blocks stacked as weight [C_out, C_in/G * K]. It is
     # formed from the per-group factors with one einsum (1/G of a dense convolution's size).
-    a, g = _join(a_parts, g_parts, B, LayerInfo(name=info.name, kind="linear", numel=G * info.d_in * info.d_out,
-                                                d_in=G * info.d_in, d_out=info.d_out), module.weight.device)
+    a = torch.cat([conv_patches(module, x) for x in xs], dim=2).transpose(1, 2)
     T = a.shape[1]
     a = a.float().reshape(B, T, G, info.d_in)
-    g = g.float().reshape(B, T, G, info.d_out // G)
-    w = torch.einsum("btgi,btgo->bgoi", a, g).reshape(B, info.d_out, info.d_in)
+    gg = g.float().reshape(B, T, G, info.d_out // G)
+    w = torch.einsum("btgi,btgo->bgoi", a, gg).reshape(B, info.d_out, info.d_in)
     if info.bias:
-        w = torch.cat([w, g.sum(1).reshape(B, info.d_out, 1)], dim=2)
+        w = torch.cat([w, gg.sum(1).reshape(B, info.d_out, 1)], dim=2)
     return [("grad", w.reshape(B, -1))]
 
 
@@ -228,8 +254,20 @@ def _norm(info: LayerInfo, module: nn.Module, calls: Sequence[Call], B: int) -> 
     out = {n: 0 for n in info.param_names}
     w_name = next((n for n in info.param_names if weight is not None and n.endswith("weight")), None)
     b_name = next((n for n in info.param_names if n.endswith("bias")), None)
+    running = (isinstance(module, nn.modules.batchnorm._BatchNorm) and not module.training
+               and module.running_mean is not None)
     for c in calls:
         _check_batch(info, c.x, c.g, c.shape, B)
+        if running:  # x_hat = (x - mean) * inv_std per channel: no [B, C, ...] temporary
+            x3, g3 = c.x.float().reshape(B, c.x.shape[1], -1), c.g.float().reshape(B, c.x.shape[1], -1)
+            inv_std = torch.rsqrt(module.running_var.float() + module.eps)
+            gs = g3.sum(-1)
+            if w_name is not None:
+                gx = torch.einsum("bcs,bcs->bc", g3, x3)
+                out[w_name] = out[w_name] + inv_std * (gx - module.running_mean.float() * gs)
+            if b_name is not None:
+                out[b_name] = out[b_name] + gs
+            continue
         x_hat, start = _normalised(module, c.x)
         g = c.g.float()
         if start == -1:  # per channel: channel dim 1, reduce the rest
