@@ -303,7 +303,10 @@ class Attributor:
 
     # ------------------------------------------------------------------ gradients
     def _compute(self, batch, fn: Callable) -> torch.Tensor:
-        grads = self.capture.compressed(self.to_device(batch), self.compressors, fn=fn)
+        if getattr(fn, "per_token", False):  # [B, n] targets: B * n rows, one forward
+            grads = self.capture.compressed_rows(self.to_device(batch), self.compressors, fn)
+        else:
+            grads = self.capture.compressed(self.to_device(batch), self.compressors, fn=fn)
         return torch.cat([grads[info.name].float() for info in self.layers], dim=1)
 
     def _write_store(self, loader, sub: str, role: str, fn: Callable,
@@ -369,10 +372,11 @@ class Attributor:
         store.require_complete()
         return store
 
-    def test_gradients(self, test) -> torch.Tensor:
+    def test_gradients(self, test, target: Optional[Callable] = None) -> torch.Tensor:
         """Compressed target gradients ∇f [M, K] (float32) of a loader of test batches (on
         the Attributor's device, where scoring uses them), of a cached test store (see
-        `cache_test`), or given as a tensor."""
+        `cache_test`), or given as a tensor. target: what to explain instead of the run's
+        target_fn (e.g. ``TokenLogProbs``: one row per token)."""
         if isinstance(test, torch.Tensor):
             if test.dim() != 2 or test.shape[1] != self.dim:
                 raise ValueError(f"test gradients must be [M, K={self.dim}], got {tuple(test.shape)}")
@@ -394,7 +398,7 @@ class Attributor:
         with tqdm(desc="test gradients", unit="ex", dynamic_ncols=True,
                   disable=not self.progress) as bar:
             for batch in test:
-                g = self._compute(batch, self.target_fn)
+                g = self._compute(batch, target or self.target_fn)
                 rows.append(g)
                 bar.update(g.shape[0])
         if not rows:
@@ -535,25 +539,46 @@ class Attributor:
         return result
 
     # ------------------------------------------------------------------ scores
-    def _terms(self, test) -> List[ScoreTerm]:
+    def _terms(self, test, target: Optional[Callable] = None) -> List[ScoreTerm]:
         store = self._require_fit()
-        grads = self.test_gradients(test)
+        grads = self.test_gradients(test, target)
         return [ScoreTerm(influence_queries(grads, self.preconditioner), store)]
 
-    def scores(self, test, *, out: Optional[torch.Tensor] = None,
-               chunk_rows: Optional[int] = None) -> torch.Tensor:
+    def train_norms(self) -> torch.Tensor:
+        """‖g_i‖ of every stored (compressed) training gradient, float64 [N]."""
+        store = self._require_fit()
+        norms = torch.empty(store.num_rows, dtype=torch.float64)
+        for start, G in store.chunks(dtype=torch.float32):
+            norms[start:start + G.shape[0]] = G.double().norm(dim=1)
+        return norms
+
+    def scores(self, test, *, out: Optional[torch.Tensor] = None, chunk_rows: Optional[int] = None,
+               target: Optional[Callable] = None, normalize: Optional[str] = None) -> torch.Tensor:
         """τ(test, train) [M, N] = −∇fᵀ(F + λI)⁻¹∇ℓ_i (positive = helpful), float32,
         streamed over chunks of the store; ``out`` may be a preallocated (e.g. file-backed)
-        [M, N] float32 tensor."""
-        return full_scores(self._terms(test), out=out, chunk_rows=chunk_rows, device=self.device,
-                           progress=self.progress)
+        [M, N] float32 tensor.
 
-    def top_k(self, test, k: int = 10, *, largest: bool = True,
-              chunk_rows: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        target: what to explain instead of the run's target_fn, e.g.
+        ``grass.score.TokenLogProbs(start)`` (one row per continuation token, M = B * n).
+        normalize="train_norm": divide column i by ‖g_i‖, the norm of training example i's
+        (compressed) gradient, so that an example with a huge gradient (one sequence that
+        tops every list) no longer dominates; a score then measures alignment more than
+        magnitude. None (default): raw scores."""
+        if normalize not in (None, "train_norm"):
+            raise ValueError(f"normalize must be None or 'train_norm', got {normalize!r}")
+        scores = full_scores(self._terms(test, target), out=out, chunk_rows=chunk_rows,
+                             device=self.device, progress=self.progress)
+        if normalize == "train_norm":
+            norms = self.train_norms().clamp_min(torch.finfo(torch.float32).tiny).float()
+            scores.div_(norms.to(scores.device)[None, :])
+        return scores
+
+    def top_k(self, test, k: int = 10, *, largest: bool = True, chunk_rows: Optional[int] = None,
+              target: Optional[Callable] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """(values [M, k], indices [M, k]) of the most helpful training examples per test
         example, best first (``largest=False``: the most harmful); never holds more than one
         chunk of scores. Ties go to the smaller training index."""
-        return top_k_scores(self._terms(test), k, largest=largest, chunk_rows=chunk_rows,
+        return top_k_scores(self._terms(test, target), k, largest=largest, chunk_rows=chunk_rows,
                             device=self.device, progress=self.progress)
 
     def self_influence(self, *, chunk_rows: Optional[int] = None) -> torch.Tensor:

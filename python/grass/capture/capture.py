@@ -165,6 +165,40 @@ class GradientCapture:
                 out[info.name] = compressors[info.name].compress(grads.pop(info.name))
         return {info.name: out[info.name] for info in self.layers}
 
+    def compressed_rows(self, batch, compressors: Mapping, fn: Callable) -> Dict[str, torch.Tensor]:
+        """Several targets per sample from one forward: ``fn(model, batch) -> Tensor[B, n]``
+        (e.g. the log-probability of each token of a continuation) gives {layer name:
+        [B * n, k_l]}, row b * n + j the compressed gradient of target [b, j]. One forward,
+        then one backward per column j on the same graph: sequences are never repeated.
+        Every layer must be hooked (no "functional" path)."""
+        self._check_compressors(compressors)
+        flat = [i.name for i, _ in self._entries if i.path == "functional"]
+        if flat:
+            raise ValueError(f"per-token targets need hooked layers; layers {flat} use torch.func "
+                             "over the whole model (select other layers or drop include_flat)")
+        self._warn_training_mode()
+        B = batch_size(batch)
+        rows: Dict[str, list] = {i.name: [] for i in self.layers}
+        with preserved_buffers(self.model), checkpointing_off(self.model), \
+                HookRecorder(self._entries, self.model, B) as rec:
+            targets = fn(self.model, batch)
+            check_loss_tensor(targets)
+            if targets.dim() != 2 or targets.shape[0] != B:
+                raise ValueError(f"a per-token target must return [B, n] = [{B}, n] values, got "
+                                 f"{list(targets.shape)}")
+            n = int(targets.shape[1])
+            for j in range(n):
+                calls = rec.backward(targets[:, j].sum(), retain_graph=j + 1 < n)
+                for info, module in self._entries:
+                    if info.path == "tied":
+                        parts = tied_pieces(info, module, calls[info.name], calls[info.tied[0]], B)
+                    else:
+                        parts = pieces(info, module, calls[info.name], B, self.model)
+                    rows[info.name].append(compress_pieces(compressors[info.name], parts))
+        # [n, B, k] -> [B, n, k] -> [B * n, k]
+        return {name: torch.stack(r, 1).reshape(B * n, -1) if n else
+                torch.zeros(0, compressors[name].k) for name, r in rows.items()}
+
     def factors(self, batch, fn: Optional[Callable] = None,
                 layers: Optional[Iterable[str]] = None) -> Dict[str, Tuple[torch.Tensor, torch.Tensor]]:
         """{layer name: (a [B, T, d_in], g [B, T, d_out])}: the captured factors of the layers

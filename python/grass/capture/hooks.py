@@ -115,10 +115,11 @@ class HookRecorder:
             return replaced
         return hook
 
-    def backward(self, total: torch.Tensor) -> Dict[str, List[Call]]:
+    def backward(self, total: torch.Tensor, retain_graph: bool = False) -> Dict[str, List[Call]]:
         """Fill every call's output gradient ``g`` from the summed per-sample loss ``total``
         (zeros for an output that did not reach the loss) and return ``{module name:
-        [Call]}``; the recorder is disarmed first."""
+        [Call]}``; the recorder is disarmed first. With ``retain_graph`` the calls are kept
+        for another backward (several targets of one forward)."""
         self._armed = False
         edges, where = [], []
         for name, _, _ in self.targets:
@@ -135,11 +136,14 @@ class HookRecorder:
                         "reentrant checkpoint, or with frozen parameters and inputs?)")
                 edges.append(call.edge)
                 where.append(call)
-        grads = torch.autograd.grad(total, edges, allow_unused=True) if edges else []
+        grads = torch.autograd.grad(total, edges, allow_unused=True, retain_graph=retain_graph) if edges else []
         for call, g in zip(where, grads):
             if g is None:  # the output did not reach the loss
                 g = torch.zeros(call.shape, dtype=call.dtype, device=call.x.device)
             call.g = g.detach()
+        if retain_graph:
+            return self.calls
+        for call in where:
             call.edge = None
         calls, self.calls = self.calls, {name: [] for name, _, _ in self.targets}
         return calls
