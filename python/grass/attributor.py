@@ -25,6 +25,7 @@ read (docs/store.md, "Integrity").
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import shutil
 import tempfile
@@ -39,6 +40,7 @@ from torch.utils._pytree import tree_map
 from .capture.batch import batch_size
 from .precondition import BlockFisher, IdentityPreconditioner, Preconditioner, choose_damping
 from .score import ScoreTerm, full_scores, resolve_target, self_influence, top_k_scores
+from .score.targets import NegativeLoss, TokenLogProbs
 from .score.influence import influence_queries
 from .store import (GradientStore, StoreDamaged, StoreWriter, check_fingerprint, fill_store,
                     hash_batch, hash_callable, hash_module)
@@ -104,7 +106,7 @@ class Attributor:
     def __init__(self, model: torch.nn.Module, loss_fn: Callable, compressor=None, layers=None,
                  store: Optional[str] = None, target_fn: Optional[Callable] = None,
                  dtype: str = "float32", device=None, seed: int = 0, *, include_flat: bool = False,
-                 chunk_rows: Optional[int] = None, progress: bool = True):
+                 chunk_rows: Optional[int] = None, progress: bool = True, _reopen=None):
         from .capture import GradientCapture
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -149,6 +151,115 @@ class Attributor:
         self.fisher: Optional[BlockFisher] = None
         self.preconditioner = None
         self._fit_info: Optional[Dict[str, Any]] = None
+        self._layers_arg = layers
+        self._include_flat = bool(include_flat)
+        self._fit_args = (_reopen or {}).get("fit")
+        if not os.path.exists(self._path(self._RUN_FILE)):
+            self._write_run_description()  # rewritten whenever this run writes a store or fits
+
+    # ------------------------------------------------------------------ reopening a run
+    _RUN_FILE = "run.json"
+
+    def _run_description(self) -> Dict[str, Any]:
+        layers_arg = self._layers_arg
+        if layers_arg is not None:
+            layers_arg = [x if isinstance(x, str) else None for x in layers_arg]
+            if any(x is None for x in layers_arg):  # module types: record what they selected
+                layers_arg = [info.name for info in self.layers]
+        target = self.target_fn
+        if isinstance(target, NegativeLoss) and target.loss_fn is self.loss_fn:
+            target_desc = {"target": "negative_loss"}
+        elif hasattr(target, "config") and callable(target.config):
+            target_desc = dict(target.config())
+        else:
+            target_desc = {"target": "custom", "repr": repr(target)[:200]}
+        return {
+            "grass_run": 1,
+            "compressor": self.spec.config(),
+            "layers_arg": layers_arg,
+            "include_flat": self._include_flat,
+            "layers": [info.to_dict() for info in self.layers],
+            "dtype": self.dtype,
+            "seed": self.seed,
+            "chunk_rows": self.chunk_rows,
+            "loss": hash_callable(self.loss_fn),
+            "target": dict(target_desc, fingerprint=hash_callable(target)),
+            "fit": getattr(self, "_fit_args", None),
+        }
+
+    def _write_run_description(self) -> None:
+        path = self._path(self._RUN_FILE)
+        desc = self._run_description()
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(desc, f, indent=1, sort_keys=True, default=str)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, run_dir: str, model: torch.nn.Module, loss_fn: Callable, *,
+             target_fn: Optional[Callable] = None, device=None, progress: bool = True) -> "Attributor":
+        """Reopen a run directory written by an earlier process: the compressor spec, the
+        layers, the store dtype, the target and the fit are restored from ``run.json``
+        (plain JSON; with the saved Fisher / preconditioner files), so only the model (with
+        the run's weights) and the loss function are needed. ``loss_fn`` must compute what
+        the run's loss computed (its code fingerprint is compared; wrap it with
+        ``grass.store.fingerprint.fingerprint_as`` to vouch for a changed one). The target is
+        restored when it was the default (−loss) or a built-in one (``TokenLogProbs``);
+        a custom target must be passed as ``target_fn``. Scores are bitwise those of the
+        original process."""
+        path = os.path.join(os.fspath(run_dir), cls._RUN_FILE)
+        try:
+            with open(path) as f:
+                desc = json.load(f)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{run_dir!r} holds no grass run (no {cls._RUN_FILE}); "
+                                    "create it with grass.Attributor(..., store=run_dir)") from None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path!r} is not a valid run description: {e}") from None
+        if not isinstance(desc, dict) or desc.get("grass_run") != 1:
+            raise ValueError(f"{path!r} is not a grass run description (format {desc.get('grass_run')!r})")
+        from .compress import from_config
+        from .store.fingerprint import FingerprintMismatch
+        given = hash_callable(loss_fn)
+        if given != desc["loss"]:
+            raise FingerprintMismatch(
+                f"loss_fn does not compute what the run's loss computed (code fingerprint "
+                f"{given} vs recorded {desc['loss']}); pass the run's loss function, or "
+                "grass.store.fingerprint.fingerprint_as(loss_fn, identity) to record an override "
+                "(a new run directory is safer)", ("loss",))
+        tdesc = desc["target"]
+        if target_fn is None:
+            kind = tdesc.get("target")
+            if kind == "negative_loss":
+                target_fn = None
+            elif kind == "token_log_probs":
+                if tdesc.get("logits") is not None:
+                    raise ValueError("the run's TokenLogProbs target had a custom logits function; "
+                                     "pass target_fn=")
+                target_fn = TokenLogProbs(int(tdesc["start"]))
+            else:
+                raise ValueError(f"the run's target is a custom function ({tdesc.get('repr')}); pass "
+                                 "target_fn=")
+        attr = cls(model, loss_fn, from_config(desc["compressor"]), layers=desc["layers_arg"],
+                   store=run_dir, target_fn=target_fn, dtype=desc["dtype"], device=device,
+                   seed=desc["seed"], include_flat=desc["include_flat"], chunk_rows=desc["chunk_rows"],
+                   progress=progress, _reopen=desc)
+        if [info.to_dict() for info in attr.layers] != desc["layers"]:
+            raise ValueError(f"the model's layers differ from the run's: rediscovered "
+                             f"{[i.name for i in attr.layers]}, recorded "
+                             f"{[d['name'] for d in desc['layers']]}; is this the run's model?")
+        if hash_callable(attr.target_fn) != tdesc.get("fingerprint"):
+            raise FingerprintMismatch("target_fn does not compute what the run's target computed",
+                                      ("target",))
+        fit = desc.get("fit")
+        if fit is not None:
+            attr._fit_args = fit
+            if fit["method"] != "fisher" or not os.path.exists(attr._path("preconditioner.pt")):
+                attr.fit(fit["damping"], relative=fit["relative"], method=fit["method"],
+                         block_diagonal=fit["block_diagonal"])
+        return attr
 
     # ------------------------------------------------------------------ description
     @property
@@ -329,6 +440,7 @@ class Attributor:
                          meta={"grass_version": _version(), "torch_version": torch.__version__,
                                "device": str(self.device), "coverage": _jsonable_coverage(self.coverage)}
                          ) as writer:
+            self._write_run_description()  # the store accepted this run's fingerprint
             if self.progress and writer.written_rows < n:
                 from tqdm.auto import tqdm
                 tqdm.write(f"grass: {desc}: {self.coverage_summary()}")
@@ -421,6 +533,10 @@ class Attributor:
         """
         if method not in _METHODS:
             raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+        if damping is not None and not isinstance(damping, (int, float)):
+            damping = [float(d) for d in damping]
+        self._fit_args = {"damping": damping, "relative": bool(relative), "method": method,
+                          "block_diagonal": bool(block_diagonal)}
         store = self.train_store()
         blocks = list(store.block_sizes) if block_diagonal else [store.dim]
         if method != "fisher":
@@ -442,6 +558,7 @@ class Attributor:
             self.preconditioner = Preconditioner.fit(self.fisher, damping, relative=relative)
             self._save_preconditioner(store, blocks)
         self._fit_info = {"method": method, "store": store.digest, "block_sizes": blocks}
+        self._write_run_description()
         return self
 
     def _load_or_accumulate_fisher(self, store: GradientStore, blocks: List[int]) -> BlockFisher:
