@@ -82,20 +82,18 @@ class ConvHead(nn.Module):
         return self.fc(torch.tanh(self.conv(x)).flatten(1))
 
 
-CONV_GRID = list(itertools.product(
+CONV_GRID = [c for c in itertools.product(
     [1, 2],                 # stride
     [0, 1, "same"],         # padding
     [1, 2],                 # dilation
     [1, 2],                 # groups
     [True, False],          # bias
-))
+) if not (c[1] == "same" and c[0] != 1)]  # torch refuses padding='same' with stride > 1
 
 
 @pytest.mark.parametrize("stride,padding,dilation,groups,bias", CONV_GRID)
 @pytest.mark.parametrize("dim", [1, 2])
 def test_conv_capture_equals_explicit(dim, stride, padding, dilation, groups, bias, gen):
-    if padding == "same" and stride != 1:
-        pytest.skip("torch refuses padding='same' with stride > 1")
     torch.manual_seed(0)
     Conv = nn.Conv1d if dim == 1 else nn.Conv2d
     conv = Conv(4, 6, 3, stride=stride, padding=padding, dilation=dilation, groups=groups, bias=bias)
@@ -202,7 +200,8 @@ def test_embedding_compressed_through_csr_equals_compressed_explicit(spec, gen):
 
 
 def test_compress_sparse_checks_its_input():
-    comp = C.SJLT(k=4).build([C.Identity().build.__self__ and __import__("grass").layers.LayerInfo("e", "flat", 10)])["e"]
+    from grass.layers import LayerInfo
+    comp = C.SJLT(k=4).build([LayerInfo("e", "flat", 10)])["e"]
     with pytest.raises(TypeError, match="sparse CSR"):
         comp.compress_sparse(torch.zeros(2, 10))
     with pytest.raises(ValueError, match=r"shape \[B, 10\]"):
