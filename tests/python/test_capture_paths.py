@@ -349,3 +349,14 @@ def test_frozen_weight_with_trainable_bias_and_a_conv_frozen(gen):
     model.fc.weight.requires_grad_(False)
     cap, _ = check_all_paths(model, ce, (x, torch.randint(0, 3, (3,), generator=gen)))
     assert {i.name: (i.kind, i.path) for i in cap.layers} == {"conv": ("flat", "module"), "fc": ("flat", "module")}
+
+
+def test_attributor_reports_coverage_in_repr_and_store_meta(gen, tmp_path):
+    import grass
+    model = WithParam()
+    with pytest.warns(UserWarning, match="not attributed"):
+        attr = grass.Attributor(model, ce, C.FactGraSS(k=4), store=str(tmp_path / "r"), progress=False)
+    assert "coverage 21/261 trainable parameters (8.0%): factors 1 layer / 21; left out (root) (240)" in repr(attr)
+    data = [(torch.randn(3, 6, generator=gen), torch.randint(0, 3, (3,), generator=gen))]
+    store = attr.cache(data, num_examples=3)
+    assert store.meta["coverage"]["attributed"] == 21 and store.meta["coverage"]["total"] == 261
