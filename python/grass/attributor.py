@@ -25,6 +25,7 @@ read (docs/store.md, "Integrity").
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import shutil
 import tempfile
@@ -44,6 +45,7 @@ from .distributed.cache import write_sharded
 from .distributed.score import accumulate_fisher
 from .distributed.sharded_store import is_sharded, open_store
 from .score import ScoreTerm, resolve_target
+from .score.targets import NegativeLoss, TokenLogProbs
 from .score.influence import influence_queries
 from .store import (GradientStore, StoreDamaged, StoreWriter, check_fingerprint, fill_store,
                     hash_batch, hash_callable, hash_module)
@@ -112,7 +114,7 @@ class Attributor:
     def __init__(self, model: torch.nn.Module, loss_fn: Callable, compressor=None, layers=None,
                  store: Optional[str] = None, target_fn: Optional[Callable] = None,
                  dtype: str = "float32", device=None, seed: int = 0, *, include_flat: bool = False,
-                 chunk_rows: Optional[int] = None, progress: bool = True):
+                 chunk_rows: Optional[int] = None, progress: bool = True, _reopen=None):
         from .capture import GradientCapture
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -158,6 +160,115 @@ class Attributor:
         self.fisher: Optional[BlockFisher] = None
         self.preconditioner = None
         self._fit_info: Optional[Dict[str, Any]] = None
+        self._layers_arg = layers
+        self._include_flat = bool(include_flat)
+        self._fit_args = (_reopen or {}).get("fit")
+        if not os.path.exists(self._path(self._RUN_FILE)):
+            self._write_run_description()  # rewritten whenever this run writes a store or fits
+
+    # ------------------------------------------------------------------ reopening a run
+    _RUN_FILE = "run.json"
+
+    def _run_description(self) -> Dict[str, Any]:
+        layers_arg = self._layers_arg
+        if layers_arg is not None:
+            layers_arg = [x if isinstance(x, str) else None for x in layers_arg]
+            if any(x is None for x in layers_arg):  # module types: record what they selected
+                layers_arg = [info.name for info in self.layers]
+        target = self.target_fn
+        if isinstance(target, NegativeLoss) and target.loss_fn is self.loss_fn:
+            target_desc = {"target": "negative_loss"}
+        elif hasattr(target, "config") and callable(target.config):
+            target_desc = dict(target.config())
+        else:
+            target_desc = {"target": "custom", "repr": repr(target)[:200]}
+        return {
+            "grass_run": 1,
+            "compressor": self.spec.config(),
+            "layers_arg": layers_arg,
+            "include_flat": self._include_flat,
+            "layers": [info.to_dict() for info in self.layers],
+            "dtype": self.dtype,
+            "seed": self.seed,
+            "chunk_rows": self.chunk_rows,
+            "loss": hash_callable(self.loss_fn),
+            "target": dict(target_desc, fingerprint=hash_callable(target)),
+            "fit": getattr(self, "_fit_args", None),
+        }
+
+    def _write_run_description(self) -> None:
+        path = self._path(self._RUN_FILE)
+        desc = self._run_description()
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(desc, f, indent=1, sort_keys=True, default=str)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, run_dir: str, model: torch.nn.Module, loss_fn: Callable, *,
+             target_fn: Optional[Callable] = None, device=None, progress: bool = True) -> "Attributor":
+        """Reopen a run directory written by an earlier process: the compressor spec, the
+        layers, the store dtype, the target and the fit are restored from ``run.json``
+        (plain JSON; with the saved Fisher / preconditioner files), so only the model (with
+        the run's weights) and the loss function are needed. ``loss_fn`` must compute what
+        the run's loss computed (its code fingerprint is compared; wrap it with
+        ``grass.store.fingerprint.fingerprint_as`` to vouch for a changed one). The target is
+        restored when it was the default (−loss) or a built-in one (``TokenLogProbs``);
+        a custom target must be passed as ``target_fn``. Scores are bitwise those of the
+        original process."""
+        path = os.path.join(os.fspath(run_dir), cls._RUN_FILE)
+        try:
+            with open(path) as f:
+                desc = json.load(f)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{run_dir!r} holds no grass run (no {cls._RUN_FILE}); "
+                                    "create it with grass.Attributor(..., store=run_dir)") from None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path!r} is not a valid run description: {e}") from None
+        if not isinstance(desc, dict) or desc.get("grass_run") != 1:
+            raise ValueError(f"{path!r} is not a grass run description (format {desc.get('grass_run')!r})")
+        from .compress import from_config
+        from .store.fingerprint import FingerprintMismatch
+        given = hash_callable(loss_fn)
+        if given != desc["loss"]:
+            raise FingerprintMismatch(
+                f"loss_fn does not compute what the run's loss computed (code fingerprint "
+                f"{given} vs recorded {desc['loss']}); pass the run's loss function, or "
+                "grass.store.fingerprint.fingerprint_as(loss_fn, identity) to record an override "
+                "(a new run directory is safer)", ("loss",))
+        tdesc = desc["target"]
+        if target_fn is None:
+            kind = tdesc.get("target")
+            if kind == "negative_loss":
+                target_fn = None
+            elif kind == "token_log_probs":
+                if tdesc.get("logits") is not None:
+                    raise ValueError("the run's TokenLogProbs target had a custom logits function; "
+                                     "pass target_fn=")
+                target_fn = TokenLogProbs(int(tdesc["start"]))
+            else:
+                raise ValueError(f"the run's target is a custom function ({tdesc.get('repr')}); pass "
+                                 "target_fn=")
+        attr = cls(model, loss_fn, from_config(desc["compressor"]), layers=desc["layers_arg"],
+                   store=run_dir, target_fn=target_fn, dtype=desc["dtype"], device=device,
+                   seed=desc["seed"], include_flat=desc["include_flat"], chunk_rows=desc["chunk_rows"],
+                   progress=progress, _reopen=desc)
+        if [info.to_dict() for info in attr.layers] != desc["layers"]:
+            raise ValueError(f"the model's layers differ from the run's: rediscovered "
+                             f"{[i.name for i in attr.layers]}, recorded "
+                             f"{[d['name'] for d in desc['layers']]}; is this the run's model?")
+        if hash_callable(attr.target_fn) != tdesc.get("fingerprint"):
+            raise FingerprintMismatch("target_fn does not compute what the run's target computed",
+                                      ("target",))
+        fit = desc.get("fit")
+        if fit is not None:
+            attr._fit_args = fit
+            if fit["method"] != "fisher" or not os.path.exists(attr._path("preconditioner.pt")):
+                attr.fit(fit["damping"], relative=fit["relative"], method=fit["method"],
+                         block_diagonal=fit["block_diagonal"])
+        return attr
 
     # ------------------------------------------------------------------ description
     @property
@@ -165,10 +276,31 @@ class Attributor:
         """K, the total compressed dimension (sum of the per-layer k)."""
         return sum(self.block_sizes)
 
+    @property
+    def coverage(self) -> Dict[str, Any]:
+        """What this run attributes: trainable parameters in total and attributed, per
+        capture path (layers, parameters), and the modules left out (``discover_layers``)."""
+        return self.capture.coverage
+
+    def coverage_summary(self) -> str:
+        """One line: attributed / total trainable parameters, per path, and what is left out."""
+        cov = self.coverage
+        total = max(cov["total"], 1)
+        paths = ", ".join(f"{p} {v['layers']} layer{'s' if v['layers'] != 1 else ''} / {v['params']:,}"
+                          for p, v in cov["paths"].items())
+        line = (f"coverage {cov['attributed']:,}/{cov['total']:,} trainable parameters "
+                f"({100 * cov['attributed'] / total:.1f}%): {paths}")
+        if cov["left_out"]:
+            line += "; left out " + ", ".join(f"{n} ({c:,})" for n, c in cov["left_out"][:5])
+            if len(cov["left_out"]) > 5:
+                line += f" and {len(cov['left_out']) - 5} more"
+        return line
+
     def __repr__(self) -> str:
         layers = ", ".join(f"{i.name}:{k}" for i, k in zip(self.layers, self.block_sizes))
         return (f"Attributor({type(self.model).__name__}, {type(self.spec).__name__}, "
-                f"layers=[{layers}], store={self.run_dir!r}, dtype={self.dtype})")
+                f"layers=[{layers}], store={self.run_dir!r}, dtype={self.dtype}, "
+                f"{self.coverage_summary()})")
 
     def to_device(self, batch):
         return to_device(batch, self.device)
@@ -291,7 +423,10 @@ class Attributor:
 
     # ------------------------------------------------------------------ gradients
     def _compute(self, batch, fn: Callable) -> torch.Tensor:
-        grads = self.capture.compressed(self.to_device(batch), self.compressors, fn=fn)
+        if getattr(fn, "per_token", False):  # [B, n] targets: B * n rows, one forward
+            grads = self.capture.compressed_rows(self.to_device(batch), self.compressors, fn)
+        else:
+            grads = self.capture.compressed(self.to_device(batch), self.compressors, fn=fn)
         return torch.cat([grads[info.name].float() for info in self.layers], dim=1)
 
     def _write_store(self, loader, sub: str, role: str, fn: Callable,
@@ -314,7 +449,12 @@ class Attributor:
                          dtype=self.dtype, chunk_rows=self.chunk_rows,
                          layers=[i.name for i in self.layers],
                          meta={"grass_version": _version(), "torch_version": torch.__version__,
-                               "device": str(self.device)}) as writer:
+                               "device": str(self.device), "coverage": _jsonable_coverage(self.coverage)}
+                         ) as writer:
+            self._write_run_description()  # the store accepted this run's fingerprint
+            if self.progress and writer.written_rows < n:
+                from tqdm.auto import tqdm
+                tqdm.write(f"grass: {desc}: {self.coverage_summary()}")
             if check_batch and writer.written_rows < n and batch_size(first) >= 2:
                 # A sample's gradient must not depend on its batch (BatchNorm in train
                 # mode, a loss averaged over the batch): checked once, before caching.
@@ -355,10 +495,11 @@ class Attributor:
         store.require_complete()
         return store
 
-    def test_gradients(self, test) -> torch.Tensor:
+    def test_gradients(self, test, target: Optional[Callable] = None) -> torch.Tensor:
         """Compressed target gradients ∇f [M, K] (float32) of a loader of test batches (on
         the Attributor's device, where scoring uses them), of a cached test store (see
-        `cache_test`), or given as a tensor."""
+        `cache_test`), or given as a tensor. target: what to explain instead of the run's
+        target_fn (e.g. ``TokenLogProbs``: one row per token)."""
         if isinstance(test, torch.Tensor):
             if test.dim() != 2 or test.shape[1] != self.dim:
                 raise ValueError(f"test gradients must be [M, K={self.dim}], got {tuple(test.shape)}")
@@ -380,7 +521,7 @@ class Attributor:
         with tqdm(desc="test gradients", unit="ex", dynamic_ncols=True,
                   disable=not self.progress) as bar:
             for batch in test:
-                g = self._compute(batch, self.target_fn)
+                g = self._compute(batch, target or self.target_fn)
                 rows.append(g)
                 bar.update(g.shape[0])
         if not rows:
@@ -403,6 +544,10 @@ class Attributor:
         """
         if method not in _METHODS:
             raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+        if damping is not None and not isinstance(damping, (int, float)):
+            damping = [float(d) for d in damping]
+        self._fit_args = {"damping": damping, "relative": bool(relative), "method": method,
+                          "block_diagonal": bool(block_diagonal)}
         store = self.train_store()
         blocks = list(store.block_sizes) if block_diagonal else [store.dim]
         if method != "fisher":
@@ -424,6 +569,7 @@ class Attributor:
             self.preconditioner = Preconditioner.fit(self.fisher, damping, relative=relative)
             self._save_preconditioner(store, blocks)
         self._fit_info = {"method": method, "store": store.digest, "block_sizes": blocks}
+        self._write_run_description()
         return self
 
     def _load_or_accumulate_fisher(self, store: GradientStore, blocks: List[int]) -> BlockFisher:
@@ -515,25 +661,46 @@ class Attributor:
         return result
 
     # ------------------------------------------------------------------ scores
-    def _terms(self, test) -> List[ScoreTerm]:
+    def _terms(self, test, target: Optional[Callable] = None) -> List[ScoreTerm]:
         store = self._require_fit()
-        grads = self.test_gradients(test)
+        grads = self.test_gradients(test, target)
         return [ScoreTerm(influence_queries(grads, self.preconditioner), store)]
 
-    def scores(self, test, *, out: Optional[torch.Tensor] = None,
-               chunk_rows: Optional[int] = None) -> torch.Tensor:
+    def train_norms(self) -> torch.Tensor:
+        """‖g_i‖ of every stored (compressed) training gradient, float64 [N]."""
+        store = self._require_fit()
+        norms = torch.empty(store.num_rows, dtype=torch.float64)
+        for start, G in store.chunks(dtype=torch.float32):
+            norms[start:start + G.shape[0]] = G.double().norm(dim=1)
+        return norms
+
+    def scores(self, test, *, out: Optional[torch.Tensor] = None, chunk_rows: Optional[int] = None,
+               target: Optional[Callable] = None, normalize: Optional[str] = None) -> torch.Tensor:
         """τ(test, train) [M, N] = −∇fᵀ(F + λI)⁻¹∇ℓ_i (positive = helpful), float32,
         streamed over chunks of the store; ``out`` may be a preallocated (e.g. file-backed)
-        [M, N] float32 tensor."""
-        return full_scores(self._terms(test), out=out, chunk_rows=chunk_rows, device=self.device,
-                           progress=self.progress)
+        [M, N] float32 tensor.
 
-    def top_k(self, test, k: int = 10, *, largest: bool = True,
-              chunk_rows: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        target: what to explain instead of the run's target_fn, e.g.
+        ``grass.score.TokenLogProbs(start)`` (one row per continuation token, M = B * n).
+        normalize="train_norm": divide column i by ‖g_i‖, the norm of training example i's
+        (compressed) gradient, so that an example with a huge gradient (one sequence that
+        tops every list) no longer dominates; a score then measures alignment more than
+        magnitude. None (default): raw scores."""
+        if normalize not in (None, "train_norm"):
+            raise ValueError(f"normalize must be None or 'train_norm', got {normalize!r}")
+        scores = full_scores(self._terms(test, target), out=out, chunk_rows=chunk_rows,
+                             device=self.device, progress=self.progress)
+        if normalize == "train_norm":
+            norms = self.train_norms().clamp_min(torch.finfo(torch.float32).tiny).float()
+            scores.div_(norms.to(scores.device)[None, :])
+        return scores
+
+    def top_k(self, test, k: int = 10, *, largest: bool = True, chunk_rows: Optional[int] = None,
+              target: Optional[Callable] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """(values [M, k], indices [M, k]) of the most helpful training examples per test
         example, best first (``largest=False``: the most harmful); never holds more than one
         chunk of scores. Ties go to the smaller training index."""
-        return top_k_scores(self._terms(test), k, largest=largest, chunk_rows=chunk_rows,
+        return top_k_scores(self._terms(test, target), k, largest=largest, chunk_rows=chunk_rows,
                             device=self.device, progress=self.progress)
 
     def self_influence(self, *, chunk_rows: Optional[int] = None) -> torch.Tensor:
@@ -541,6 +708,11 @@ class Attributor:
         store = self._require_fit()
         return self_influence(self.preconditioner, store, chunk_rows=chunk_rows,
                               device=self.device, progress=self.progress)
+
+
+def _jsonable_coverage(cov: Dict[str, Any]) -> Dict[str, Any]:
+    return {"total": cov["total"], "attributed": cov["attributed"], "paths": cov["paths"],
+            "left_out": [list(x) for x in cov["left_out"]]}
 
 
 def _version() -> str:

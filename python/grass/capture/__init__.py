@@ -7,6 +7,7 @@
 See docs/capture.md.
 """
 from .capture import BatchDependenceError, GradientCapture
-from .select import discover_layers, is_linear, linear_dims
+from .select import coverage, discover_layers, is_conv, is_linear, linear_dims, path_of
 
-__all__ = ["GradientCapture", "BatchDependenceError", "discover_layers", "is_linear", "linear_dims"]
+__all__ = ["GradientCapture", "BatchDependenceError", "discover_layers", "coverage", "is_linear",
+           "is_conv", "linear_dims", "path_of"]

@@ -1,10 +1,10 @@
 """GradientCapture: per-sample gradients of a model's chosen layers, compressed per layer.
 
-Linear layers (``nn.Linear``, GPT-2 ``Conv1D``) go through factor hooks (``hooks.py``): one
-batched forward and one ``torch.autograd.grad`` with respect to the layer outputs; the
-compressor gets the factors (a, g). Every other layer goes through ``torch.func``
-(``functional.py``) and its compressor gets the flat per-sample gradient. See
-docs/capture.md.
+Hooked layers (Linear, Conv1D, Conv1d/2d, Embedding, norms, leaf modules; ``hooks.py``,
+``paths.py``): one batched forward and one ``torch.autograd.grad`` with respect to the layer
+outputs; each compressor gets its layer's pieces (factors, sparse rows, small gradients).
+Layers on the "functional" path go through ``torch.func`` over the whole model
+(``functional.py``). See docs/capture.md.
 """
 from __future__ import annotations
 
@@ -18,14 +18,53 @@ from torch import nn
 from ..layers import LayerInfo
 from .batch import batch_size, take
 from .functional import check_loss_tensor, per_sample_grads
-from .hooks import FactorRecorder
-from .select import discover_layers
+from .hooks import HookRecorder
+from .paths import densify, pieces, tied_pieces
+from .select import coverage, discover_layers
 
 __all__ = ["GradientCapture", "BatchDependenceError"]
 
 
 # Modules whose training-mode forward makes a sample's output depend on its batch.
 _BATCH_DEPENDENT = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
+
+
+@contextlib.contextmanager
+def checkpointing_off(model: nn.Module):
+    """Turn off Hugging Face style gradient checkpointing (modules with a true
+    ``gradient_checkpointing`` attribute) for one capture pass, restoring it on exit: a
+    reentrant checkpoint runs its forward under no_grad, so no layer output inside it
+    would have a gradient edge. Capture trades the checkpoint's memory saving for one
+    batch's activations."""
+    flipped = [m for m in model.modules() if getattr(m, "gradient_checkpointing", False) is True]
+    for m in flipped:
+        m.gradient_checkpointing = False
+    try:
+        yield
+    finally:
+        for m in flipped:
+            m.gradient_checkpointing = True
+
+
+def compress_pieces(comp, parts) -> torch.Tensor:
+    """Sum of a compressor applied to each piece of one layer's gradient (it is linear)."""
+    y = None
+    for p in parts:
+        if p[0] == "factors":
+            z = comp.compress_factors(p[1], p[2])
+        elif p[0] == "patches":
+            columns = getattr(comp, "input_columns", None)
+            cols = columns(p[2].device) if columns is not None else None
+            if cols is None:
+                z = comp.compress_factors(p[1](), p[2])
+            else:  # the compressor reads only these input columns: gather just them
+                z = comp.compress_factor_columns(p[1](cols), p[2])
+        elif p[0] == "sparse":
+            z = comp.compress_sparse(p[1])
+        else:
+            z = comp.compress(p[1])
+        y = z if y is None else y.add_(z)
+    return y
 
 
 class BatchDependenceError(ValueError):
@@ -64,10 +103,12 @@ def _check_losses(losses, B: int) -> torch.Tensor:
 class GradientCapture:
     """Per-sample gradients of ``loss_fn(model, batch) -> Tensor[B]`` for chosen layers.
 
-    layers: None (every nn.Linear / Conv1D; with include_flat=True also every other module
-    with trainable parameters), a list of module names, or a list of module types (see
-    ``grass.capture.discover_layers``). chunk_size: samples per ``torch.func.vmap`` chunk
-    for flat layers (None: the whole batch at once).
+    layers: None (every trainable parameter, each module by its fastest exact path; modules
+    that need torch.func over the whole model only with include_flat=True), a list of
+    module names, or a list of module types (see ``grass.capture.discover_layers``).
+    ``coverage`` says what is attributed; with layers=None, leaving out more than 1% of the
+    trainable parameters warns, naming the modules. chunk_size: samples per
+    ``torch.func.vmap`` chunk for functional layers (None: the whole batch at once).
 
     The model's parameters and buffers are left as they were, and ``param.grad`` is never
     written. Put the model in eval mode: capture assumes each sample's gradient does not
@@ -88,7 +129,18 @@ class GradientCapture:
         self._entries: List[Tuple[LayerInfo, nn.Module]] = discover_layers(
             model, layers, include_flat=include_flat)
         self.layers: List[LayerInfo] = [info for info, _ in self._entries]
+        self.coverage = coverage(model, self.layers)
         self._warned = False
+        if layers is None:
+            cov = self.coverage
+            left = cov["total"] - cov["attributed"]
+            if cov["total"] and left > 0.01 * cov["total"]:
+                names = ", ".join(f"{n!r} ({c})" for n, c in cov["left_out"][:10])
+                more = f" and {len(cov['left_out']) - 10} more" if len(cov["left_out"]) > 10 else ""
+                warnings.warn(
+                    f"{left} of {cov['total']} trainable parameters ({100 * left / cov['total']:.1f}%) "
+                    f"are not attributed: modules {names}{more} need torch.func over the whole "
+                    "model; pass include_flat=True to attribute them too", stacklevel=3)
 
     def __repr__(self) -> str:
         kinds = ", ".join(f"{i.name}:{i.kind}" for i in self.layers)
@@ -102,30 +154,91 @@ class GradientCapture:
         self._check_compressors(compressors)
         fn = fn or self.loss_fn
         out: Dict[str, torch.Tensor] = {}
-        linear = [(i, m) for i, m in self._entries if i.kind == "linear"]
-        flat = [(i, m) for i, m in self._entries if i.kind == "flat"]
-        if linear:
-            factors = self._factors(batch, fn, linear)
-            for info, _ in linear:
-                a, g = factors.pop(info.name)
-                out[info.name] = compressors[info.name].compress_factors(a, g)
+        hooked = [(i, m) for i, m in self._entries if i.path != "functional"]
+        flat = [(i, m) for i, m in self._entries if i.path == "functional"]
+        if hooked:
+            for info, parts in self._hooked(batch, fn, hooked):
+                out[info.name] = compress_pieces(compressors[info.name], parts)
         if flat:
             grads = self._per_sample(batch, fn, flat)
             for info, _ in flat:
                 out[info.name] = compressors[info.name].compress(grads.pop(info.name))
         return {info.name: out[info.name] for info in self.layers}
 
+    def compressed_rows(self, batch, compressors: Mapping, fn: Callable) -> Dict[str, torch.Tensor]:
+        """Several targets per sample from one forward: ``fn(model, batch) -> Tensor[B, n]``
+        (e.g. the log-probability of each token of a continuation) gives {layer name:
+        [B * n, k_l]}, row b * n + j the compressed gradient of target [b, j]. One forward,
+        then one backward per column j on the same graph: sequences are never repeated.
+        Every layer must be hooked (no "functional" path)."""
+        self._check_compressors(compressors)
+        flat = [i.name for i, _ in self._entries if i.path == "functional"]
+        if flat:
+            raise ValueError(f"per-token targets need hooked layers; layers {flat} use torch.func "
+                             "over the whole model (select other layers or drop include_flat)")
+        self._warn_training_mode()
+        B = batch_size(batch)
+        rows: Dict[str, list] = {i.name: [] for i in self.layers}
+        with preserved_buffers(self.model), checkpointing_off(self.model), \
+                HookRecorder(self._entries, self.model, B) as rec:
+            targets = fn(self.model, batch)
+            check_loss_tensor(targets)
+            if targets.dim() != 2 or targets.shape[0] != B:
+                raise ValueError(f"a per-token target must return [B, n] = [{B}, n] values, got "
+                                 f"{list(targets.shape)}")
+            n = int(targets.shape[1])
+            for j in range(n):
+                calls = rec.backward(targets[:, j].sum(), retain_graph=j + 1 < n)
+                for info, module in self._entries:
+                    if info.path == "tied":
+                        parts = tied_pieces(info, module, calls[info.name], calls[info.tied[0]], B)
+                    else:
+                        parts = pieces(info, module, calls[info.name], B, self.model)
+                    rows[info.name].append(compress_pieces(compressors[info.name], parts))
+        # [n, B, k] -> [B, n, k] -> [B * n, k]
+        return {name: torch.stack(r, 1).reshape(B * n, -1) if n else
+                torch.zeros(0, compressors[name].k) for name, r in rows.items()}
+
     def factors(self, batch, fn: Optional[Callable] = None,
                 layers: Optional[Iterable[str]] = None) -> Dict[str, Tuple[torch.Tensor, torch.Tensor]]:
-        """{linear layer name: (a [B, T, d_in], g [B, T, d_out])}: the captured factors."""
-        entries = [(i, m) for i, m in self._select(layers) if i.kind == "linear"]
-        return self._factors(batch, fn or self.loss_fn, entries) if entries else {}
+        """{layer name: (a [B, T, d_in], g [B, T, d_out])}: the captured factors of the layers
+        whose gradient is one pair of factors (Linear, Conv1D, ungrouped convolutions)."""
+        entries = [(i, m) for i, m in self._select(layers) if i.path in ("factors", "conv")]
+        out = {}
+        if entries:
+            for info, parts in self._hooked(batch, fn or self.loss_fn, entries):
+                if len(parts) == 1 and parts[0][0] == "factors":
+                    out[info.name] = (parts[0][1], parts[0][2])
+                elif len(parts) == 1 and parts[0][0] == "patches":
+                    out[info.name] = (parts[0][1](), parts[0][2])
+        return out
 
     def per_sample(self, batch, fn: Optional[Callable] = None,
-                   layers: Optional[Iterable[str]] = None) -> Dict[str, torch.Tensor]:
-        """{layer name: [B, numel_l]} explicit per-sample gradients (``torch.func``) in the grass
-        layout, for every layer (or the named ones). Memory: B * sum(numel_l) floats."""
-        return self._per_sample(batch, fn or self.loss_fn, self._select(layers))
+                   layers: Optional[Iterable[str]] = None, *, via: str = "func") -> Dict[str, torch.Tensor]:
+        """{layer name: [B, numel_l]} explicit per-sample gradients in the grass layout, for
+        every layer (or the named ones). via="func": ``torch.func`` over the whole model for
+        every layer (independent of the hooks); via="hooks": each layer's own path, densified
+        (works where vmap over the model does not, e.g. with data-dependent attention masks).
+        Memory: B * sum(numel_l) floats."""
+        entries = self._select(layers)
+        fn = fn or self.loss_fn
+        if via == "func":
+            return self._per_sample(batch, fn, entries)
+        if via != "hooks":
+            raise ValueError(f"via must be 'func' or 'hooks', got {via!r}")
+        out = {}
+        hooked = [(i, m) for i, m in entries if i.path != "functional"]
+        flat = [(i, m) for i, m in entries if i.path == "functional"]
+        if hooked:
+            for info, parts in self._hooked(batch, fn, hooked):
+                dense = None
+                for p in parts:
+                    d = densify(p, info)
+                    dense = d if dense is None else dense.add_(d)
+                out[info.name] = dense
+        if flat:
+            out.update(self._per_sample(batch, fn, flat))
+        return {i.name: out[i.name] for i, _ in entries}
 
     def check_batch_invariance(self, batch, fn: Optional[Callable] = None, *, n_samples: int = 3,
                                rtol: float = 1e-4) -> float:
@@ -207,12 +320,21 @@ class GradientCapture:
                 raise ValueError(f"the compressor for layer {info.name!r} was built for another layer "
                                  f"({cinfo}); expected {info}")
 
-    def _factors(self, batch, fn, entries):
+    def _hooked(self, batch, fn, entries):
+        """Yield (info, pieces) for each hooked layer, from one forward and one backward."""
         self._warn_training_mode()
         B = batch_size(batch)
-        with preserved_buffers(self.model), FactorRecorder(entries) as rec:
+        with preserved_buffers(self.model), checkpointing_off(self.model), \
+                HookRecorder(entries, self.model, B) as rec:
             losses = _check_losses(fn(self.model, batch), B)
-            return rec.factors(losses.sum(), B)
+            calls = rec.backward(losses.sum())
+            del losses
+        for info, module in entries:
+            if info.path == "tied":
+                parts = tied_pieces(info, module, calls.pop(info.name), calls.pop(info.tied[0]), B)
+            else:
+                parts = pieces(info, module, calls.pop(info.name), B, self.model)
+            yield info, parts
 
     def _per_sample(self, batch, fn, entries):
         with preserved_buffers(self.model):

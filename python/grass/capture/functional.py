@@ -71,7 +71,7 @@ def per_sample_grads(model: nn.Module, fn: Callable, batch, entries: Sequence[Tu
         for pname in info.param_names:
             p = model.get_parameter(pname)
             primals[pname] = p.detach()
-            names = aliases[id(p)] if info.kind == "flat" else [pname]
+            names = aliases[id(p)] if (info.kind == "flat" or info.path == "tied") else [pname]
             for alias in names:
                 bindings["model." + alias] = pname
     wrapper = _LossModule(model, fn)
@@ -99,8 +99,9 @@ def per_sample_grads(model: nn.Module, fn: Callable, batch, entries: Sequence[Tu
     for info, module in entries:
         if info.kind == "linear":
             w = grads[info.param_names[0]]
-            if _is_conv1d(module):
+            if _is_conv1d(module) and info.path == "factors":
                 w = w.transpose(1, 2)  # Conv1D stores [d_in, d_out]; grass layout is [d_out, d_in]
+            w = w.reshape(B, info.d_out, -1)  # convolutions: [C_out, C_in/groups * kernel]
             parts = [w]
             if info.bias:
                 parts.append(grads[info.param_names[1]].unsqueeze(-1))

@@ -24,7 +24,7 @@ from torch import nn
 
 from ..layers import LayerInfo
 
-__all__ = ["is_linear", "linear_dims", "discover_layers"]
+__all__ = ["is_linear", "linear_dims", "is_conv", "conv_dims", "path_of", "discover_layers", "coverage"]
 
 # Modules that use their children's weights without calling the children (so a forward
 # hook on the child never fires): nn.MultiheadAttention reads out_proj.weight directly.
@@ -59,43 +59,96 @@ def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
+_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm) + (
+    (nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
+_CONVS = (nn.Conv1d, nn.Conv2d)
+
+
+def is_conv(module: nn.Module) -> bool:
+    """True for ``nn.Conv1d`` / ``nn.Conv2d`` (any stride, padding, dilation, groups,
+    padding mode), which capture through unfolded input patches."""
+    return isinstance(module, _CONVS)
+
+
+def conv_dims(module: nn.Module) -> Tuple[int, int]:
+    """(d_in, d_out) of a convolution's per-group factor: C_in/groups * prod(kernel), C_out."""
+    w = module.weight
+    return int(w[0].numel()), int(w.shape[0])
+
+
+def path_of(module: nn.Module) -> str:
+    """The fastest exact capture path for a module's own parameters (see LayerInfo.path)."""
+    if is_linear(module) and not isinstance(module, _FUNCTIONAL_PARENTS):
+        return "factors"
+    if is_conv(module):
+        return "conv"
+    if isinstance(module, nn.Embedding):
+        # max_norm renormalises the weight in place during forward, and
+        # scale_grad_by_freq scales by in-batch counts: both go through torch.func on the
+        # module alone, which sees one sample at a time.
+        return "module" if (module.max_norm is not None or module.scale_grad_by_freq) else "embedding"
+    if isinstance(module, _NORMS):
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not module.track_running_stats:
+            return "module"
+        return "norm"
+    if isinstance(module, _FUNCTIONAL_PARENTS) or any(True for _ in module.children()):
+        return "functional"
+    return "module"  # a leaf module: torch.func on the module alone, from its recorded input
+
+
 class _Selected:
     """One chosen layer before parameter de-duplication: its module and trainable params."""
 
-    def __init__(self, name: str, module: nn.Module, linear: bool, params):
+    def __init__(self, name: str, module: nn.Module, linear: bool, params, path: str = "",
+                 tied: tuple = ()):
         self.name = name
         self.module = module
         self.linear = linear
         self.params = params  # list of (full name, Parameter)
+        self.path = path or ("factors" if linear else "functional")
+        self.tied = tuple(tied)
 
 
 def _layer_for(name: str, module: nn.Module, recurse: bool) -> Optional[_Selected]:
     """The layer a module stands for, or None when it has no trainable parameters.
 
-    A linear module whose weight is frozen but whose bias trains has nothing to factor,
-    so it becomes a flat layer over the bias alone.
+    A linear (or convolution) module whose weight is frozen but whose bias trains has
+    nothing to factor, so it becomes a flat layer over the bias alone (torch.func on the
+    module).
     """
-    if is_linear(module) and not isinstance(module, _FUNCTIONAL_PARENTS):
+    path = path_of(module)
+    if path in ("factors", "conv"):
         params = _trainable([(_join(name, n), p) for n, p in
                              (("weight", module.weight), ("bias", getattr(module, "bias", None)))])
         if not params:
             return None
-        return _Selected(name, module, module.weight.requires_grad, params)
+        linear = module.weight.requires_grad
+        return _Selected(name, module, linear, params, path if linear else "module")
     params = _trainable((_join(name, n), p) for n, p in module.named_parameters(recurse=recurse))
     if not params:
         return None
-    return _Selected(name, module, False, params)
+    if recurse and any(True for _ in module.children()) and path != "functional":
+        path = "functional"
+    if path == "norm" and not all(p is getattr(module, "weight", None) or p is getattr(module, "bias", None)
+                                  for _, p in params):
+        path = "module"
+    return _Selected(name, module, False, params, path)
 
 
 def _to_info(sel: _Selected) -> LayerInfo:
     names = tuple(n for n, _ in sel.params)
     numel = sum(p.numel() for _, p in sel.params)
+    if sel.path == "tied":  # an embedding [vocab, dim] read by a head as Linear(dim, vocab)
+        vocab, dim = sel.module.weight.shape
+        return LayerInfo(name=sel.name, kind="linear", numel=numel, d_in=int(dim), d_out=int(vocab),
+                         bias=False, param_names=names, path="tied", tied=sel.tied)
     if sel.linear:
-        d_in, d_out = linear_dims(sel.module)
+        d_in, d_out = conv_dims(sel.module) if sel.path == "conv" else linear_dims(sel.module)
         bias = any(p is getattr(sel.module, "bias", None) for _, p in sel.params)
         return LayerInfo(name=sel.name, kind="linear", numel=numel, d_in=d_in, d_out=d_out,
-                         bias=bias, param_names=names)
-    return LayerInfo(name=sel.name, kind="flat", numel=numel, param_names=names)
+                         bias=bias, param_names=names, path=sel.path, tied=sel.tied)
+    return LayerInfo(name=sel.name, kind="flat", numel=numel, param_names=names, path=sel.path,
+                     tied=sel.tied)
 
 
 def _owners(model: nn.Module):
@@ -124,10 +177,15 @@ def discover_layers(model: nn.Module, layers=None, *, include_flat: bool = False
     """Choose the attributed layers of ``model``, in module registration order.
 
     layers:
-      * ``None``: every ``nn.Linear`` / ``Conv1D`` with trainable parameters, captured as
-        "linear"; with ``include_flat=True`` also every other module with direct trainable
-        parameters (``recurse=False``), captured as "flat". A parameter shared by several
-        modules (tied weights) goes to the first layer that holds it.
+      * ``None``: every module with direct trainable parameters (``recurse=False``), each by
+        the fastest exact path for its type (``path_of``): Linear / Conv1D / Conv1d /
+        Conv2d through factors ("linear"), Embedding through its sparse rows, norms from
+        their normalised input, other leaf modules by torch.func on the module alone. A
+        module that uses its parameters without being a leaf (``nn.MultiheadAttention``, a
+        container's own ``nn.Parameter``) needs torch.func over the whole model: only with
+        ``include_flat=True``, otherwise it is left out (``coverage`` lists it, and
+        ``GradientCapture`` warns above 1% of the trainable parameters). Tied weights:
+        see ``_tie``.
       * a list of module names (as in ``model.named_modules()``) or a list of module types:
         each matching module is one layer; a linear module is "linear", any other module is
         "flat" over all its trainable parameters (recursively). Unknown names, modules
@@ -145,15 +203,13 @@ def discover_layers(model: nn.Module, layers=None, *, include_flat: bool = False
         for name, m in canonical:
             if name in functional_child:
                 continue  # captured (or not) with its parent
-            if is_linear(m) and not isinstance(m, _FUNCTIONAL_PARENTS):
-                sel = _layer_for(name, m, recurse=False)
-            elif isinstance(m, _FUNCTIONAL_PARENTS):
-                sel = _layer_for(name, m, recurse=True) if include_flat else None
-            else:
-                sel = _layer_for(name, m, recurse=False) if include_flat else None
+            recurse = isinstance(m, _FUNCTIONAL_PARENTS)
+            sel = _layer_for(name, m, recurse=recurse)
+            if sel is not None and sel.path == "functional" and not include_flat:
+                sel = None  # the whole-model torch.func path only on request
             if sel is not None:
                 selected.append(sel)
-        selected = _dedupe(selected)
+        selected = _tie(model, selected, include_flat)
     else:
         selected = _explicit(model, layers, canonical, name_of, functional_child)
         _check_disjoint(selected)
@@ -190,6 +246,7 @@ def _explicit(model, layers, canonical, name_of, functional_child) -> List[_Sele
     else:
         raise TypeError(f"layers must be all module names or all module types, got {layers!r}")
 
+    owners = _owners(model)
     seen, out = set(), []
     for m in modules:
         if id(m) in seen:
@@ -207,6 +264,13 @@ def _explicit(model, layers, canonical, name_of, functional_child) -> List[_Sele
             kind = "linear layer" if is_linear(m) else "layer"
             raise ValueError(f"{kind} {name!r} ({type(m).__name__}) has no parameters with "
                              "requires_grad=True")
+        if sel.path not in ("factors", "functional"):
+            # A hook sees only this module's use of a parameter; a shared one needs all uses.
+            others = sorted(set().union(*(owners.get(id(p), set()) for _, p in sel.params)) - {name})
+            if others:
+                head = _tied_head(model, sel, others)
+                sel = (_Selected(name, m, True, sel.params, "tied", (head,)) if head is not None
+                       else _Selected(name, m, False, sel.params, "functional", tuple(others)))
         out.append(sel)
     return out
 
@@ -223,28 +287,71 @@ def _check_disjoint(selected: List[_Selected]) -> None:
             holder[id(p)] = sel.name
 
 
-def _dedupe(selected: List[_Selected]) -> List[_Selected]:
-    # Tied parameters (e.g. a language-model head sharing the embedding) belong to the
-    # first layer that holds them; later holders lose them, which may change their kind.
+def _tie(model: nn.Module, selected: List[_Selected], include_flat: bool) -> List[_Selected]:
+    """Give each parameter shared by several modules (tied weights) to one layer, explicitly.
+
+    An ``nn.Embedding`` whose weight a later linear module reuses as its weight (a language
+    model's output head) becomes one "tied" layer: both uses are captured by hooks and their
+    gradients summed. Any other sharing makes the first holder a "functional" layer over the
+    shared parameter (torch.func replaces it under every name, so its gradient is the total
+    over all uses); with ``include_flat=False`` that layer is left out instead (and reported
+    by coverage). Later holders never attribute the parameter again.
+    """
+    owners = _owners(model)
+    holders = {}
+    for sel in selected:
+        for _, p in sel.params:
+            holders.setdefault(id(p), []).append(sel)
     claimed, out = set(), []
     for sel in selected:
         keep = [(n, p) for n, p in sel.params if id(p) not in claimed]
-        if len(keep) != len(sel.params):
-            dropped = [n for n, p in sel.params if id(p) in claimed]
-            warnings.warn(f"layer {sel.name!r}: parameters {dropped} are shared with an earlier "
-                          "layer and are attributed there only", stacklevel=3)
         if not keep:
             continue
-        linear = sel.linear and any(p is sel.module.weight for _, p in keep)
-        claimed.update(id(p) for _, p in keep)
-        out.append(_Selected(sel.name, sel.module, linear, keep))
+        shared = [(n, p) for n, p in keep if len(owners.get(id(p), ())) > 1]
+        if shared:
+            others = sorted(set().union(*(owners[id(p)] for _, p in shared)) - {sel.name})
+            head = _tied_head(model, sel, others)
+            if head is not None:
+                sel = _Selected(sel.name, sel.module, True, keep, "tied", (head,))
+            elif include_flat:
+                sel = _Selected(sel.name, sel.module, False, keep, "functional", tuple(others))
+            else:
+                claimed.update(id(p) for _, p in shared)
+                keep = [(n, p) for n, p in keep if len(owners.get(id(p), ())) <= 1]
+                if not keep:
+                    continue
+                sel = _Selected(sel.name, sel.module, sel.linear and any(
+                    p is getattr(sel.module, "weight", None) for _, p in keep), keep,
+                    sel.path if (sel.linear or sel.path != "norm") else "module")
+        elif len(keep) != len(sel.params):
+            linear = sel.linear and any(p is sel.module.weight for _, p in keep)
+            path = sel.path if linear or sel.path not in ("factors", "conv", "norm") else "module"
+            sel = _Selected(sel.name, sel.module, linear, keep, path)
+        claimed.update(id(p) for _, p in sel.params)
+        out.append(sel)
     return out
+
+
+def _tied_head(model: nn.Module, sel: _Selected, others: List[str]) -> Optional[str]:
+    """The name of the one linear module that reuses an embedding's weight as its own weight
+    ([vocab, dim] read as Linear(dim, vocab)), or None for any other kind of sharing."""
+    if sel.path != "embedding" or len(others) != 1 or len(sel.params) != 1:
+        return None
+    head = model.get_submodule(others[0])
+    if (isinstance(head, nn.Linear) and head.weight is sel.module.weight
+            and not _holds_other_use(model, sel.module.weight, {sel.name, others[0]})):
+        return others[0]
+    return None
+
+
+def _holds_other_use(model: nn.Module, p, allowed) -> bool:
+    return any(n not in allowed for n in _owners(model).get(id(p), ()))
 
 
 def _warn_shared_linear(model: nn.Module, selected: List[_Selected]) -> None:
     owners = _owners(model)
     for sel in selected:
-        if not sel.linear:
+        if not sel.linear or sel.path not in ("factors", "conv"):
             continue
         others = owners.get(id(sel.module.weight), set()) - {sel.name}
         if others:
@@ -252,3 +359,27 @@ def _warn_shared_linear(model: nn.Module, selected: List[_Selected]) -> None:
                 f"linear layer {sel.name!r} shares its weight with {sorted(others)}; its captured "
                 f"gradient covers only the use of the weight inside {sel.name!r}, not the total "
                 "gradient of the shared parameter", stacklevel=3)
+
+
+def coverage(model: nn.Module, infos) -> dict:
+    """What a set of layers attributes: ``{"total": trainable parameters (each shared one
+    once), "attributed": ..., "paths": {path: {"layers": n, "params": n}}, "left_out":
+    [(module name, n params), ...]}``."""
+    trainable = {id(p): p for p in model.parameters() if p.requires_grad}
+    attributed = set()
+    paths = {}
+    for info in infos:
+        entry = paths.setdefault(info.path, {"layers": 0, "params": 0})
+        entry["layers"] += 1
+        entry["params"] += int(info.numel)
+        attributed.update(id(model.get_parameter(n)) for n in info.param_names)
+    left, seen = {}, set()
+    for mname, m in model.named_modules():
+        for _, p in m.named_parameters(recurse=False):
+            if id(p) in trainable and id(p) not in attributed and id(p) not in seen:
+                seen.add(id(p))
+                left[mname or "(root)"] = left.get(mname or "(root)", 0) + p.numel()
+    total = sum(p.numel() for p in trainable.values())
+    done = sum(trainable[i].numel() for i in attributed if i in trainable)
+    return {"total": int(total), "attributed": int(done), "paths": paths,
+            "left_out": sorted(left.items(), key=lambda kv: -kv[1])}

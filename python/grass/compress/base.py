@@ -58,6 +58,23 @@ class Compressor:
         a, g = self._check_factors(a, g)
         return self._compress_factors(a, g)
 
+    def compress_sparse(self, grad: torch.Tensor) -> torch.Tensor:
+        """grad: a ``torch.sparse_csr_tensor`` [B, info.numel] (an embedding's per-sample
+        gradient: the rows of the tokens seen) -> [B, k] float32; equals
+        ``compress(grad.to_dense())``. SJLT, GraSS and FactGraSS never densify it."""
+        self._check_fitted()
+        if not isinstance(grad, torch.Tensor) or grad.layout != torch.sparse_csr:
+            raise TypeError(f"layer {self.info.name!r}: compress_sparse takes a sparse CSR tensor, got "
+                            f"{getattr(grad, 'layout', type(grad).__name__)}")
+        if grad.dim() != 2 or grad.shape[1] != self.info.numel:
+            raise ValueError(f"layer {self.info.name!r}: grad must have shape [B, {self.info.numel}], "
+                             f"got {list(grad.shape)}")
+        return self._compress_sparse(grad)
+
+    def _compress_sparse(self, grad: torch.Tensor) -> torch.Tensor:
+        # Generic path: densify (methods with a sparse kernel override this).
+        return self._compress(self._check_grad(grad.to_dense()))
+
     def config(self) -> dict:
         """JSON-able description: method, k, seed and options (part of the store fingerprint)."""
         return {"method": self.method, "k": self.k, "seed": self.seed, **self._options()}

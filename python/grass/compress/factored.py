@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from typing import Optional
 
+import torch
+
 from .. import ops
 from ..layers import LayerInfo, derive_seed
 from .base import Compressor, CompressorSpec, _check_k, split_factors
@@ -26,7 +28,7 @@ from .dense import Gaussian, projection_columns
 from .fit import FittedSpec
 from .identity import whole_layer
 from .grass import DEFAULT_MASK_FACTOR, GraSS, check_mask_kind, warn_rank
-from .mask import FactorMask, LearnedFactorMask, _factor_sizes, augment
+from .mask import FactorMask, LearnedFactorMask, _factor_sizes, augment, mask_csr
 from .selective import MaskFit
 from .sketch import SJLT, _check_s
 
@@ -104,6 +106,43 @@ class FactGraSSCompressor(LearnedFactorMask, Compressor):
         idx_out = self._cached("out", a.device, lambda: self.mask.idx_out, self.mask.d_out)
         y = ops.factgrass(a, g, idx_in, idx_out, self.k, bias=self.info.bias, s=self.s,
                           seed=self.seed, deterministic=self.deterministic)
+        return self._scaled(y)
+
+    def input_columns(self, device) -> "torch.Tensor":
+        """The columns of the input factor a (bias column excluded) this compressor reads:
+        capture may hand over just these (``compress_factor_columns``), e.g. gathering a
+        convolution's kept patch entries instead of unfolding every patch."""
+        idx = self._cached("in", device, lambda: self.mask.idx_in)
+        d_in = self.info.d_in
+        return idx[:-1] if self.info.bias and int(self.mask.idx_in[-1]) == d_in else idx
+
+    def compress_factor_columns(self, a_cols, g):
+        """a_cols [B, T, n]: the columns ``input_columns()`` of a, in that order; g [B, T, d_out]
+        (any strides: a convolution hands over channels-first views). Equals
+        ``compress_factors(a, g)`` up to float rounding: the masked gradient
+        sum_t g'_t (x) a'_t is one batched GEMM [k_out', T] x [T, k_in'] (long T, as
+        convolutions have, is where GEMM beats the fused per-sample kernel), then the SJLT."""
+        self._check_fitted()
+        n = int(self.input_columns("cpu").numel())
+        if a_cols.dim() != 3 or a_cols.shape[2] != n or g.dim() != 3 or g.shape[:2] != a_cols.shape[:2] \
+                or g.shape[2] != self.info.d_out:
+            raise ValueError(f"layer {self.info.name!r}: expected a_cols [B, T, {n}] and g [B, T, "
+                             f"{self.info.d_out}], got {list(a_cols.shape)} and {list(g.shape)}")
+        with_bias = self.info.bias and int(self.mask.idx_in[-1]) == self.info.d_in
+        idx_out = self._cached("out", g.device, lambda: self.mask.idx_out)
+        g_sel = g.transpose(1, 2).index_select(1, idx_out).float()       # [B, k_out', T]
+        z = torch.bmm(g_sel, a_cols.float())                              # [B, k_out', n]
+        if with_bias:
+            z = torch.cat([z, g_sel.sum(2, keepdim=True)], dim=2)
+        y = ops.sjlt(z.reshape(z.shape[0], -1).contiguous(), self.k, s=self.s, seed=self.seed,
+                     deterministic=self.deterministic)
+        return self._scaled(y)
+
+    def _compress_sparse(self, grad):
+        # The same map on a sparse gradient (a tied embedding's rows): mask, then SJLT.
+        idx = self._cached("flat", grad.device, self.mask.flat_indices, self.mask.d_in * self.mask.d_out)
+        y = ops.sjlt(mask_csr(grad, idx), self.k, s=self.s, seed=self.seed,
+                     deterministic=self.deterministic)
         return self._scaled(y)
 
     def _compress(self, grad):

@@ -15,7 +15,7 @@ from ..layers import LayerInfo
 from .base import Compressor, CompressorSpec
 from .fit import FittedSpec
 from .identity import whole_layer
-from .mask import FlatMask, LearnedFlatMask, gather_factors, split_indices
+from .mask import FlatMask, LearnedFlatMask, gather_factors, mask_csr, split_indices
 from .selective import MaskFit
 from .sketch import _check_s
 
@@ -89,6 +89,12 @@ class GraSSCompressor(LearnedFlatMask, Compressor):
             y = ops.masked_sjlt(grad, idx, self.k, s=self.s, seed=self.seed,
                                 deterministic=self.deterministic)
         return self._scaled(y)
+
+    def _compress_sparse(self, grad):
+        if self.mask.k < self.mask.p:
+            grad = mask_csr(grad, self._cached("idx", grad.device, lambda: self.mask.indices, self.mask.p))
+        return self._scaled(ops.sjlt(grad, self.k, s=self.s, seed=self.seed,
+                                     deterministic=self.deterministic))
 
     def _compress_factors(self, a, g):
         pairs = self._cached("pairs", a.device, lambda: split_indices(

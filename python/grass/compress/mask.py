@@ -11,6 +11,8 @@ sum_t g[b,t,o] a~[b,t,i], gathered straight from the factors in O(B T k').
 """
 from __future__ import annotations
 
+import warnings
+
 import math
 from typing import Optional, Tuple
 
@@ -38,6 +40,25 @@ def kron_indices(idx_in: torch.Tensor, idx_out: torch.Tensor, d_in: int) -> torc
     """Flat indices o*d_in + i of the coordinates kept by an input mask and an output mask,
     in the order of ``kron`` (o-major): sorted when both masks are."""
     return (idx_out[:, None] * int(d_in) + idx_in[None, :]).reshape(-1)
+
+
+def mask_csr(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """The columns ``idx`` (sorted int64 [k']) of a CSR tensor [B, p] as a CSR tensor [B, k']
+    (``x.to_dense()[:, idx]`` without densifying): binary search of each stored column."""
+    crow, col, val = x.crow_indices(), x.col_indices(), x.values()
+    B, kk = x.shape[0], idx.numel()
+    if col.numel() == 0 or kk == 0:
+        keep = torch.zeros(col.numel(), dtype=torch.bool, device=col.device)
+        pos = col
+    else:
+        pos = torch.searchsorted(idx, col)
+        keep = idx[pos.clamp(max=kk - 1)] == col
+    rows = torch.repeat_interleave(torch.arange(B, device=col.device), crow[1:] - crow[:-1])
+    new_crow = torch.zeros(B + 1, dtype=torch.int64, device=col.device)
+    new_crow[1:] = torch.cumsum(torch.bincount(rows[keep], minlength=B), 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
+        return torch.sparse_csr_tensor(new_crow, pos[keep], val[keep], size=(B, kk))
 
 
 def split_indices(idx: torch.Tensor, d_in: int) -> torch.Tensor:
@@ -259,6 +280,10 @@ class MaskCompressor(LearnedFlatMask, Compressor):
 
     def _compress(self, grad):
         y = ops.mask_gather(grad, self._index(grad.device)).float()
+        return y.mul_(self.mask.scale) if self.mask.scale != 1.0 else y
+
+    def _compress_sparse(self, grad):
+        y = mask_csr(grad, self._index(grad.device)).to_dense().float()
         return y.mul_(self.mask.scale) if self.mask.scale != 1.0 else y
 
     def _compress_factors(self, a, g):

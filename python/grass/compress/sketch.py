@@ -41,6 +41,8 @@ class SJLTCompressor(Compressor):
     def _compress(self, grad: torch.Tensor) -> torch.Tensor:
         return ops.sjlt(grad, self.k, s=self.s, seed=self.seed, deterministic=self.deterministic)
 
+    _compress_sparse = _compress  # ops.sjlt takes CSR: O(nnz * s)
+
 
 class FJLTCompressor(Compressor):
     method = "fjlt"

@@ -8,13 +8,13 @@ positive = training example i helps the target f (default f = −loss).
 from . import baselines
 from .influence import influence_queries, influence_scores, influence_top_k, self_influence
 from .stream import RowSource, ScoreTerm, TopK, full_scores, score_chunks, top_k_scores
-from .targets import NegativeLoss, resolve_target
+from .targets import NegativeLoss, TokenLogProbs, resolve_target
 from .trak import MarginTarget, classification_margin, correct_class_probability, trak_terms
 
 __all__ = [
     "influence_queries", "influence_scores", "influence_top_k", "self_influence",
     "ScoreTerm", "RowSource", "TopK", "score_chunks", "full_scores", "top_k_scores",
-    "NegativeLoss", "resolve_target",
+    "NegativeLoss", "TokenLogProbs", "resolve_target",
     "MarginTarget", "classification_margin", "correct_class_probability", "trak_terms",
     "baselines",
 ]

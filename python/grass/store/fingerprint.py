@@ -12,8 +12,8 @@ every process and on every platform (no use of Python's randomised ``hash()``).
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
+import types
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple
 
 import torch
@@ -24,6 +24,8 @@ __all__ = [
     "hash_tensors",
     "hash_module",
     "hash_callable",
+    "fingerprint_as",
+    "Fingerprinted",
     "hash_batch",
     "hash_json",
     "check_fingerprint",
@@ -75,13 +77,111 @@ def hash_module(model: torch.nn.Module) -> str:
     return hash_tensors(named)
 
 
-def hash_callable(fn: Optional[Callable]) -> Optional[Dict[str, str]]:
-    """Identity of a loss or target function: its qualified name and a hash of its source
-    (or, when the source is unavailable, of its bytecode). ``None`` stays ``None``. An
-    object with a ``__grass_fingerprint__()`` method describes itself.
+class Fingerprinted:
+    """``fn`` with an explicit identity: its fingerprint is ``{"override": identity}``
+    instead of a hash of its code, recorded as such in every store it writes. For a
+    function whose behaviour changed in a way that does not matter to the stored gradients
+    (or whose code cannot be hashed meaningfully); the caller vouches for it."""
 
-    Functions whose behaviour depends on state outside their source (closures over
-    mutable objects, module globals) are fingerprinted by name and source only.
+    def __init__(self, fn: Callable, identity: str):
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+        if not isinstance(identity, str) or not identity:
+            raise ValueError(f"identity must be a non-empty string, got {identity!r}")
+        self.fn, self.identity = fn, identity
+        for attr in ("per_token", "config"):
+            if hasattr(fn, attr):
+                setattr(self, attr, getattr(fn, attr))
+
+    def __call__(self, *args, **kwargs):
+        return self.fn(*args, **kwargs)
+
+    def __grass_fingerprint__(self):
+        return {"override": self.identity}
+
+    def __repr__(self) -> str:
+        return f"Fingerprinted({self.fn!r}, {self.identity!r})"
+
+
+def fingerprint_as(fn: Callable, identity: str) -> Fingerprinted:
+    """``fn`` fingerprinted by ``identity`` instead of its code (see ``Fingerprinted``)."""
+    return Fingerprinted(fn, identity)
+
+
+_SIMPLE = (int, float, complex, str, bytes, bool, type(None))
+
+
+def _hash_value(h, value, seen, depth) -> None:
+    """A closure cell, default or referenced global: what it is, as far as it can be said."""
+    if isinstance(value, _SIMPLE) or (isinstance(value, (tuple, frozenset)) and
+                                      all(isinstance(v, _SIMPLE) for v in value)):
+        h.update(b"v|" + repr(value).encode())
+    elif isinstance(value, torch.Tensor):
+        _update_tensor(h, value)
+    elif isinstance(value, types.FunctionType):
+        _hash_function(h, value, seen, depth + 1)
+    elif isinstance(value, torch.nn.Module):
+        h.update(b"module|" + f"{type(value).__module__}.{type(value).__qualname__}".encode())
+    else:
+        h.update(b"type|" + f"{type(value).__module__}.{type(value).__qualname__}".encode())
+
+
+def _hash_code(h, code: types.CodeType, doc) -> None:
+    # What the code computes: bytecode, constants (nested code recursively; the docstring
+    # left out), the global/attribute names it uses. Not its file, line numbers, local
+    # variable names or source text, so comments, blank lines, formatting and renaming
+    # the function or its locals do not change the hash.
+    h.update(b"code|" + code.co_code)
+    h.update(b"names|" + repr(code.co_names).encode())
+    h.update(f"args|{code.co_argcount}|{code.co_kwonlyargcount}|{code.co_flags}".encode())
+    for i, const in enumerate(code.co_consts):
+        if isinstance(const, types.CodeType):
+            _hash_code(h, const, False if const.co_name in ("<lambda>", "<genexpr>", "<listcomp>",
+                                                             "<dictcomp>", "<setcomp>") else None)
+        elif i == 0 and doc is not False and (const is None or const == doc):
+            h.update(b"doc|")  # a function's first constant: its docstring (or None without one)
+        else:
+            h.update(b"const|" + repr(const).encode())
+
+
+def _hash_function(h, fn: types.FunctionType, seen, depth: int) -> None:
+    if id(fn) in seen or depth > 8:
+        h.update(b"seen|")
+        return
+    seen.add(id(fn))
+    _hash_code(h, fn.__code__, fn.__doc__)
+    for value in fn.__defaults__ or ():
+        _hash_value(h, value, seen, depth)
+    for key, value in sorted((fn.__kwdefaults__ or {}).items()):
+        h.update(key.encode())
+        _hash_value(h, value, seen, depth)
+    for cell in fn.__closure__ or ():
+        try:
+            _hash_value(h, cell.cell_contents, seen, depth)
+        except ValueError:  # an empty cell
+            h.update(b"empty|")
+    # Functions it calls by global name are part of what it computes.
+    names = set()
+    stack = [fn.__code__]
+    while stack:
+        code = stack.pop()
+        names.update(code.co_names)
+        stack.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
+    for name in sorted(names):
+        value = fn.__globals__.get(name)
+        if isinstance(value, types.FunctionType) and value.__module__ == fn.__module__:
+            h.update(b"global|" + name.encode())
+            _hash_function(h, value, seen, depth + 1)
+
+
+def hash_callable(fn: Optional[Callable]) -> Optional[Dict[str, str]]:
+    """Identity of a loss or target function: a hash of what it computes, its normalised
+    code object (bytecode, constants, names used, recursively for nested code and for the
+    module's functions it calls; defaults and simple closure values), never its source
+    text, so a comment, formatting or a renamed function or local keep the hash. ``None``
+    stays ``None``. An object with a ``__grass_fingerprint__()`` method describes itself
+    (``fingerprint_as(fn, "identity")`` records an explicit override); an ``nn.Module`` is
+    its class and state; another callable object is its class's ``__call__``.
     """
     if fn is None:
         return None
@@ -94,22 +194,19 @@ def hash_callable(fn: Optional[Callable]) -> Optional[Dict[str, str]]:
     target = getattr(fn, "__func__", fn)  # bound methods
     if not callable(target):
         raise TypeError(f"expected a callable, got {type(fn).__name__}")
-    module = getattr(target, "__module__", None) or type(target).__module__
-    qualname = getattr(target, "__qualname__", None) or type(target).__qualname__
     h = hashlib.blake2b(digest_size=_DIGEST)
-    try:
-        src = inspect.getsource(target if inspect.isroutine(target) else type(target))
-        h.update(b"source|" + src.encode())
-    except (OSError, TypeError):
-        code = getattr(target, "__code__", None)
-        if code is not None:
-            h.update(b"code|" + code.co_code + repr(code.co_consts).encode())
-        else:
-            h.update(b"type|" + repr(type(target)).encode())
-    defaults = getattr(target, "__defaults__", None)
-    if defaults:
-        h.update(b"defaults|" + repr(defaults).encode())
-    return {"name": f"{module}.{qualname}", "code": h.hexdigest()}
+    if isinstance(target, types.FunctionType):
+        _hash_function(h, target, set(), 0)
+    elif isinstance(getattr(type(target), "__call__", None), types.FunctionType):
+        h.update(f"object|{type(target).__qualname__}|".encode())
+        _hash_function(h, type(target).__call__, set(), 0)
+        state = getattr(target, "__dict__", {})
+        for key in sorted(state):
+            h.update(key.encode())
+            _hash_value(h, state[key], set(), 0)
+    else:  # builtins, functools.partial, ...
+        h.update(b"other|" + repr(target).encode())
+    return {"code": h.hexdigest()}
 
 
 def hash_batch(batch: Any) -> str:
