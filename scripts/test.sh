@@ -47,7 +47,8 @@ echo "== Python benchmark smoke runs"
 for b in bench_sketch bench_ifvp bench_mask bench_factored; do "$PY" "bench/$b.py" --quick >/dev/null; done
 # Scoring with the store's chunk checks beside it (docs/store.md, "Integrity").
 "$PY" bench/bench_score.py --quick >/dev/null
-"$PY" bench/bench_self_influence.py --quick >/dev/null   # the figure of docs/scoring.md
+"$PY" bench/bench_self_influence.py --quick >/dev/null   # the figures of docs/scoring.md and
+"$PY" bench/selective_mask_quality.py --quick >/dev/null  # docs/compress.md
 # Run from outside the source tree so the installed package (with its compiled module) is imported.
 cd tests/python
 set +e
