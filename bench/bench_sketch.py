@@ -7,7 +7,8 @@ For each input sparsity (fraction of exact zeros) and each k it prints median ti
 
 - grass SJLT on the dense float32 input and on the same data as a torch sparse CSR tensor,
 - grass GraSS (``masked_sjlt`` with k' = min(p, 4k) random columns) and FJLT,
-- torch's dense projection ``x @ P`` (P a Gaussian [p, k]; its creation is not timed), and
+- torch's dense projection ``x @ P`` (P a Gaussian [p, k]; its creation is not timed;
+  timed interleaved with grass's dense SJLT in ``--torch-reps`` rounds), and
 - the same SJLT (grass's own codes, s = 1) written in torch, every way we found
   (``torch_sjlt_formulations``: ``index_add_`` along the columns or over the flattened
   batch, ``scatter_add_``, both into 2k signed buckets, ``bincount``, ``index_put_``,
@@ -224,9 +225,11 @@ def main() -> int:
             form_rows[zeros].append(f"| {k} | {ms(t_ref)} | "
                                     + " | ".join(f"{ms(t)} ({ratio(t, t_ref)})" for t in timed.values()) + " |")
 
-            if P is not None:
-                t_dense = median_seconds(lambda: x @ P, args.torch_reps)
-                dense_cells = f"{ms(t_dense)} | {ratio(t_dense, t_sjlt)}"
+            if P is not None:  # interleaved with grass too, in --torch-reps rounds (x @ P is slow)
+                paired = interleaved_medians({"grass": lambda: ops.sjlt(x, k, seed=7, out=y),
+                                              "x @ P": lambda: x @ P}, args.torch_reps)
+                t_dense = paired["x @ P"]
+                dense_cells = f"{ms(t_dense)} | {ratio(t_dense, paired['grass'])}"
             else:
                 dense_cells = f"- (P = {p * k * 4 / 2**30:.0f} GiB) | -"
 
