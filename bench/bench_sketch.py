@@ -12,6 +12,7 @@ For each input sparsity (fraction of exact zeros) and each k it prints median ti
 - the same SJLT (grass's own codes, s = 1) written in torch, every way we found
   (``torch_sjlt_formulations``: ``index_add_`` along the columns or over the flattened
   batch, ``scatter_add_``, both into 2k signed buckets, ``bincount``, ``index_put_``,
+  ``segment_reduce`` over columns sorted by bucket, ``index_add_`` over the rows of x^T,
   ``torch.sparse.mm`` with S as CSR or COO, dense @ sparse), each checked against grass
   and timed interleaved with grass's dense SJLT (every round runs each once, in turn;
   medians), so that their ratios to grass come from the same moments of a noisy machine,
@@ -78,8 +79,13 @@ def torch_sjlt_formulations(bucket: torch.Tensor, sign: torch.Tensor, B: int, k:
         S_coo = torch.sparse_coo_tensor(torch.stack([bucket, cols]), sign, (k, p)).coalesce()  # [k, p]
         S_csr = S_coo.to_sparse_csr()
         St_csr = torch.sparse_coo_tensor(torch.stack([cols, bucket]), sign, (p, k)).coalesce().to_sparse_csr()
+    # Columns sorted by bucket, for a segmented sum; and the transposed [2k, B] output.
+    order = torch.argsort(bucket, stable=True)
+    sign_sorted = sign[order]
+    lengths = torch.bincount(bucket, minlength=k).expand(B, k)
     y = torch.empty(B, k)
     y2 = torch.empty(B, 2 * k)
+    yt2 = torch.empty(2 * k, B)
 
     def signed_out():
         return torch.sub(y2[:, :k], y2[:, k:], out=y)
@@ -120,6 +126,15 @@ def torch_sjlt_formulations(bucket: torch.Tensor, sign: torch.Tensor, B: int, k:
         y.view(-1).index_put_((flat,), (x * sign).view(-1), accumulate=True)
         return y
 
+    def segment_sum(x):
+        return torch.segment_reduce(x[:, order] * sign_sorted, "sum", lengths=lengths, axis=1)
+
+    def transpose_rows_signed(x):
+        yt2.zero_()
+        yt2.index_add_(0, bucket2, x.t().contiguous())  # whole rows of x^T, vectorised over B
+        torch.sub(yt2[:k], yt2[k:], out=y.t())  # y^T, written through a transposed view
+        return y
+
     def sparse_csr(x):
         return torch.sparse.mm(S_csr, x.t()).t()
 
@@ -138,6 +153,8 @@ def torch_sjlt_formulations(bucket: torch.Tensor, sign: torch.Tensor, B: int, k:
         "scatter_add_ 2k": scatter_add_signed,
         "bincount flat": bincount,
         "index_put_ flat": index_put,
+        "segment_reduce": segment_sum,              # columns sorted by bucket
+        "x^T index_add_ rows 2k": transpose_rows_signed,
         "sparse.mm CSR": sparse_csr,                # (S @ x^T)^T, S [k, p] CSR
         "sparse.mm COO": sparse_coo,
         "x @ S^T CSR": dense_at_sparse,
