@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import time
 import warnings
 
 import torch
@@ -177,7 +178,16 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=None)
     ap.add_argument("--torch-reps", type=int, default=3, help="repetitions of the (slow) torch dense projection")
     ap.add_argument("--max-dense-gib", type=float, default=2.5, help="largest P for the torch dense projection")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="time the interleaved comparisons (torch SJLT, x @ P) in CPU time of the calling "
+                         "thread instead of wall time: for an oversubscribed machine; needs one thread "
+                         "(OMP_NUM_THREADS=1)")
     args = ap.parse_args()
+    clock = time.perf_counter
+    if args.cpu_time:
+        if torch.get_num_threads() != 1 or grass.build_info()["openmp_max_threads"] != 1:
+            sys.exit("--cpu-time counts the calling thread only: run with OMP_NUM_THREADS=1")
+        clock = time.thread_time
 
     p = args.p or (4099 if args.quick else 131072)
     B = args.B or (8 if args.quick else 128)
@@ -187,7 +197,8 @@ def main() -> int:
 
     info = grass.build_info()
     print(f"# bench_sketch.py: p = {p}, B = {B}, float32 input, median of {reps} runs "
-          f"(torch dense projection: {args.torch_reps})")
+          f"(torch dense projection: {args.torch_reps}); comparisons with torch in "
+          f"{'CPU time of the calling thread' if args.cpu_time else 'wall time'}")
     print(f"grass {info['version']} ({info['compiler']}, SIMD {info['simd']}, OpenMP threads "
           f"{info['openmp_max_threads']}), torch {torch.__version__} (threads {torch.get_num_threads()})\n")
 
@@ -231,7 +242,8 @@ def main() -> int:
 
             # The same S written in torch, every formulation, interleaved with grass.
             timed = interleaved_medians({"grass": lambda: ops.sjlt(x, k, seed=7, out=y),
-                                         **{name: (lambda f=f: f(x)) for name, f in forms.items()}}, reps)
+                                         **{name: (lambda f=f: f(x)) for name, f in forms.items()}}, reps,
+                                        clock=clock)
             expected = ops.sjlt(x, k, seed=7)
             for name, f in forms.items():
                 if not torch.allclose(f(x).float(), expected, rtol=1e-4, atol=1e-3):
@@ -244,7 +256,7 @@ def main() -> int:
 
             if P is not None:  # interleaved with grass too, in --torch-reps rounds (x @ P is slow)
                 paired = interleaved_medians({"grass": lambda: ops.sjlt(x, k, seed=7, out=y),
-                                              "x @ P": lambda: x @ P}, args.torch_reps)
+                                              "x @ P": lambda: x @ P}, args.torch_reps, clock=clock)
                 t_dense = paired["x @ P"]
                 dense_cells = f"{ms(t_dense)} | {ratio(t_dense, paired['grass'])}"
             else:
