@@ -391,7 +391,7 @@ class RunConfig:
     path: str
     base: str
     options: Dict[str, Dict[str, Any]]
-    objects: Dict[str, Any] = field(default_factory=dict)   # "[model] factory" -> callable
+    objects: Dict[str, Any] = field(default_factory=dict)   # "model.factory" -> the callable
     spec: Any = None                                        # the compressor spec
     store: str = ""
     out_dir: str = ""
