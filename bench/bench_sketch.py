@@ -7,11 +7,19 @@ For each input sparsity (fraction of exact zeros) and each k it prints median ti
 
 - grass SJLT on the dense float32 input and on the same data as a torch sparse CSR tensor,
 - grass GraSS (``masked_sjlt`` with k' = min(p, 4k) random columns) and FJLT,
-- torch's dense projection ``x @ P`` (P a Gaussian [p, k]; its creation is not timed), and
-- an SJLT written in torch: ``y.index_add_(1, bucket, x * sign)`` with grass's own codes,
+- torch's dense projection ``x @ P`` (P a Gaussian [p, k]; its creation is not timed;
+  timed interleaved with grass's dense SJLT in ``--torch-reps`` rounds), and
+- the same SJLT (grass's own codes, s = 1) written in torch, every way we found
+  (``torch_sjlt_formulations``: ``index_add_`` along the columns or over the flattened
+  batch, ``scatter_add_``, both into 2k signed buckets, ``bincount``, ``index_put_``,
+  ``segment_reduce`` over columns sorted by bucket, ``index_add_`` over the rows of x^T,
+  ``torch.sparse.mm`` with S as CSR or COO, dense @ sparse), each checked against grass
+  and timed interleaved with grass's dense SJLT (every round runs each once, in turn;
+  medians), so that their ratios to grass come from the same moments of a noisy machine,
 
-with the speed-ups of grass's dense SJLT over the two torch baselines, and GB/s next to a
-copy probe (``dst.copy_(src)`` of the input, torch's threads) taken in the same run.
+with the speed-ups of grass's dense SJLT over x @ P and over the fastest torch SJLT, and
+GB/s next to a copy probe (``dst.copy_(src)`` of the input, torch's threads) taken in the
+same run. A second table per sparsity lists every torch formulation.
 GB/s counts bytes read + written, as in bench/cpp/bench_sketch.cpp. The torch dense
 projection needs P of p * k * 4 bytes, so it is skipped (and says so) where P would not
 fit in --max-dense-gib.
@@ -21,6 +29,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import time
 import warnings
 
 import torch
@@ -31,7 +40,7 @@ try:
 except ImportError as exc:  # pragma: no cover - a message, not a test
     sys.exit(f"bench_sketch.py needs the grass package (pip install . from the repository root): {exc}")
 
-from _common import median_seconds  # bench/_common.py (this script's folder is on sys.path)
+from _common import interleaved_medians, median_seconds  # bench/_common.py (this script's folder is on sys.path)
 
 
 def ms(t: float) -> str:
@@ -40,7 +49,7 @@ def ms(t: float) -> str:
 
 def ratio(a: float, b: float) -> str:
     r = a / b
-    return f"{r:.0f}x" if r >= 10 else f"{r:.1f}x"
+    return f"{r:.0f}x" if r >= 10 else f"{r:.1f}x" if r >= 1 else f"{r:.2f}x"
 
 
 def make_input(B: int, p: int, zeros: float, seed: int = 1234) -> torch.Tensor:
@@ -49,6 +58,108 @@ def make_input(B: int, p: int, zeros: float, seed: int = 1234) -> torch.Tensor:
     if zeros > 0:
         x[torch.rand(B, p, generator=g) < zeros] = 0.0
     return x
+
+
+def torch_sjlt_formulations(bucket: torch.Tensor, sign: torch.Tensor, B: int, k: int):
+    """The SJLT ``y[b, bucket[j]] += sign[j] * x[b, j]`` (s = 1) written with torch alone,
+    every formulation we tried, as ``{name: f(x [B, p]) -> y [B, k]}``. Index tensors,
+    sparse matrices and output buffers are built here, once, and are not timed.
+
+    bucket: int64 [p] in [0, k); sign: float32 [p] of +-1.
+    """
+    p = bucket.numel()
+    cols = torch.arange(p)
+    rows_flat = torch.arange(B)[:, None] * k                       # [B, 1]
+    flat = (rows_flat + bucket[None, :]).reshape(-1)                 # [B * p] into y.view(-1)
+    # Signed buckets: column j goes to bucket[j] (+) or k + bucket[j] (-), and
+    # y = y2[:, :k] - y2[:, k:]: no pass over x to multiply by the signs.
+    bucket2 = bucket + k * (sign < 0).to(torch.int64)
+    flat2 = ((torch.arange(B)[:, None] * (2 * k)) + bucket2[None, :]).reshape(-1)
+    with warnings.catch_warnings():  # torch flags sparse CSR as beta
+        warnings.simplefilter("ignore")
+        S_coo = torch.sparse_coo_tensor(torch.stack([bucket, cols]), sign, (k, p)).coalesce()  # [k, p]
+        S_csr = S_coo.to_sparse_csr()
+        St_csr = torch.sparse_coo_tensor(torch.stack([cols, bucket]), sign, (p, k)).coalesce().to_sparse_csr()
+    # Columns sorted by bucket, for a segmented sum; and the transposed [2k, B] output.
+    order = torch.argsort(bucket, stable=True)
+    sign_sorted = sign[order]
+    lengths = torch.bincount(bucket, minlength=k).expand(B, k)
+    y = torch.empty(B, k)
+    y2 = torch.empty(B, 2 * k)
+    yt2 = torch.empty(2 * k, B)
+
+    def signed_out():
+        return torch.sub(y2[:, :k], y2[:, k:], out=y)
+
+    def index_add_cols(x):
+        y.zero_()
+        return y.index_add_(1, bucket, x * sign)
+
+    def index_add_flat(x):
+        y.zero_()
+        y.view(-1).index_add_(0, flat, (x * sign).view(-1))
+        return y
+
+    def scatter_add(x):
+        y.zero_()
+        return y.scatter_add_(1, bucket.expand(x.shape[0], p), x * sign)
+
+    def index_add_cols_signed(x):
+        y2.zero_()
+        y2.index_add_(1, bucket2, x)
+        return signed_out()
+
+    def index_add_flat_signed(x):
+        y2.zero_()
+        y2.view(-1).index_add_(0, flat2, x.reshape(-1))
+        return signed_out()
+
+    def scatter_add_signed(x):
+        y2.zero_()
+        y2.scatter_add_(1, bucket2.expand(x.shape[0], p), x)
+        return signed_out()
+
+    def bincount(x):
+        return torch.bincount(flat, (x * sign).view(-1), minlength=B * k).view(B, k)
+
+    def index_put(x):
+        y.zero_()
+        y.view(-1).index_put_((flat,), (x * sign).view(-1), accumulate=True)
+        return y
+
+    def segment_sum(x):
+        return torch.segment_reduce(x[:, order] * sign_sorted, "sum", lengths=lengths, axis=1)
+
+    def transpose_rows_signed(x):
+        yt2.zero_()
+        yt2.index_add_(0, bucket2, x.t().contiguous())  # whole rows of x^T, vectorised over B
+        torch.sub(yt2[:k], yt2[k:], out=y.t())  # y^T, written through a transposed view
+        return y
+
+    def sparse_csr(x):
+        return torch.sparse.mm(S_csr, x.t()).t()
+
+    def sparse_coo(x):
+        return torch.sparse.mm(S_coo, x.t()).t()
+
+    def dense_at_sparse(x):
+        return x @ St_csr
+
+    return {
+        "index_add_ cols": index_add_cols,          # y.index_add_(1, bucket, x * sign)
+        "index_add_ flat": index_add_flat,          # over the flattened batch
+        "scatter_add_": scatter_add,
+        "index_add_ cols 2k": index_add_cols_signed,
+        "index_add_ flat 2k": index_add_flat_signed,
+        "scatter_add_ 2k": scatter_add_signed,
+        "bincount flat": bincount,
+        "index_put_ flat": index_put,
+        "segment_reduce": segment_sum,              # columns sorted by bucket
+        "x^T index_add_ rows 2k": transpose_rows_signed,
+        "sparse.mm CSR": sparse_csr,                # (S @ x^T)^T, S [k, p] CSR
+        "sparse.mm COO": sparse_coo,
+        "x @ S^T CSR": dense_at_sparse,
+    }
 
 
 def copy_probe_gbs(x: torch.Tensor, reps: int) -> float:
@@ -67,7 +178,16 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=None)
     ap.add_argument("--torch-reps", type=int, default=3, help="repetitions of the (slow) torch dense projection")
     ap.add_argument("--max-dense-gib", type=float, default=2.5, help="largest P for the torch dense projection")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="time the interleaved comparisons (torch SJLT, x @ P) in CPU time of the calling "
+                         "thread instead of wall time: for an oversubscribed machine; needs one thread "
+                         "(OMP_NUM_THREADS=1)")
     args = ap.parse_args()
+    clock = time.perf_counter
+    if args.cpu_time:
+        if torch.get_num_threads() != 1 or grass.build_info()["openmp_max_threads"] != 1:
+            sys.exit("--cpu-time counts the calling thread only: run with OMP_NUM_THREADS=1")
+        clock = time.thread_time
 
     p = args.p or (4099 if args.quick else 131072)
     B = args.B or (8 if args.quick else 128)
@@ -77,7 +197,8 @@ def main() -> int:
 
     info = grass.build_info()
     print(f"# bench_sketch.py: p = {p}, B = {B}, float32 input, median of {reps} runs "
-          f"(torch dense projection: {args.torch_reps})")
+          f"(torch dense projection: {args.torch_reps}); comparisons with torch in "
+          f"{'CPU time of the calling thread' if args.cpu_time else 'wall time'}")
     print(f"grass {info['version']} ({info['compiler']}, SIMD {info['simd']}, OpenMP threads "
           f"{info['openmp_max_threads']}), torch {torch.__version__} (threads {torch.get_num_threads()})\n")
 
@@ -91,6 +212,8 @@ def main() -> int:
             x_csr = x.to_sparse_csr()
         inputs.append((zeros, x, x_csr))
     rows = {zeros: [] for zeros in sparsity}
+    form_rows = {zeros: [] for zeros in sparsity}
+    form_names = []
     copies = {zeros: [] for zeros in sparsity}
     failures = 0
     for k in ks:
@@ -99,6 +222,7 @@ def main() -> int:
             P = torch.randn(p, k, generator=torch.Generator().manual_seed(5)) / k**0.5
         bucket, sign = ops.sjlt_codes(p, k, seed=7)  # the same S, for the torch SJLT
         bucket, sign = bucket[:, 0].contiguous(), sign[:, 0].to(torch.float32)
+        forms = torch_sjlt_formulations(bucket, sign, B, k)
         kp = min(p, 4 * k)
         idx = ops.mask_indices(p, kp, seed=99)
         for zeros, x, x_csr in inputs:
@@ -116,30 +240,35 @@ def main() -> int:
             else:
                 fjlt_cell = "-"
 
-            # torch SJLT with the same S: y[:, bucket[j]] += sign[j] * x[:, j].
-            y_t = torch.empty(B, k)
+            # The same S written in torch, every formulation, interleaved with grass.
+            timed = interleaved_medians({"grass": lambda: ops.sjlt(x, k, seed=7, out=y),
+                                         **{name: (lambda f=f: f(x)) for name, f in forms.items()}}, reps,
+                                        clock=clock)
+            expected = ops.sjlt(x, k, seed=7)
+            for name, f in forms.items():
+                if not torch.allclose(f(x).float(), expected, rtol=1e-4, atol=1e-3):
+                    print(f"ERROR: grass SJLT and the torch SJLT '{name}' differ at k = {k}", flush=True)
+                    failures += 1
+            t_ref = timed.pop("grass")
+            best = min(timed, key=timed.get)
+            form_rows[zeros].append(f"| {k} | {ms(t_ref)} | "
+                                    + " | ".join(f"{ms(t)} ({ratio(t, t_ref)})" for t in timed.values()) + " |")
 
-            def torch_index_add():
-                y_t.zero_()
-                y_t.index_add_(1, bucket, x * sign)
-
-            t_index_add = median_seconds(torch_index_add, reps)
-            if not torch.allclose(ops.sjlt(x, k, seed=7), y_t, rtol=1e-4, atol=1e-3):
-                print(f"ERROR: grass SJLT and torch index_add_ SJLT differ at k = {k}", flush=True)
-                failures += 1
-
-            if P is not None:
-                t_dense = median_seconds(lambda: x @ P, args.torch_reps)
-                dense_cells = f"{ms(t_dense)} | {ratio(t_dense, t_sjlt)}"
+            if P is not None:  # interleaved with grass too, in --torch-reps rounds (x @ P is slow)
+                paired = interleaved_medians({"grass": lambda: ops.sjlt(x, k, seed=7, out=y),
+                                              "x @ P": lambda: x @ P}, args.torch_reps, clock=clock)
+                t_dense = paired["x @ P"]
+                dense_cells = f"{ms(t_dense)} | {ratio(t_dense, paired['grass'])}"
             else:
                 dense_cells = f"- (P = {p * k * 4 / 2**30:.0f} GiB) | -"
 
             gbs = (in_bytes + out_bytes) / t_sjlt / 1e9
             rows[zeros].append(f"| {k} | {ms(t_sjlt)} | {gbs:.1f} | {gbs / copy:.2f} | {ms(t_csr)} "
                                f"| {ms(t_grass)} ({kp}) | {fjlt_cell} | {dense_cells} "
-                               f"| {ms(t_index_add)} | {ratio(t_index_add, t_sjlt)} |")
+                               f"| {ms(timed[best])} ({best}) | {ratio(timed[best], t_ref)} |")
             print(f"  done k = {k}, sparsity {zeros:.0%}", file=sys.stderr, flush=True)
-        del P
+        form_names = list(forms)
+        del P, forms
 
     for zeros, x, x_csr in inputs:
         nnz = x_csr.values().numel()
@@ -147,9 +276,16 @@ def main() -> int:
               f"{statistics.median(copies[zeros]):.1f} GB/s (median over the table; each row uses the "
               f"probe taken just before it)\n")
         print("| k | SJLT dense ms | GB/s | /copy | SJLT CSR ms | GraSS ms (k') | FJLT ms "
-              "| torch x@P ms | x@P / SJLT | torch index_add_ ms | index_add_ / SJLT |")
+              "| torch x@P ms | x@P / SJLT | fastest torch SJLT ms | fastest torch SJLT / SJLT |")
         print("|---|---|---|---|---|---|---|---|---|---|---|")
         for row in rows[zeros]:
+            print(row)
+        print()
+        print(f"SJLT written in torch at sparsity {zeros:.0%}: ms (time / grass SJLT), every formulation "
+              f"timed interleaved with grass's dense SJLT, median of {reps} rounds\n")
+        print("| k | grass SJLT ms | " + " | ".join(form_names) + " |")
+        print("|---" * (len(form_names) + 2) + "|")
+        for row in form_rows[zeros]:
             print(row)
         print()
     return 1 if failures else 0

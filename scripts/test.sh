@@ -58,6 +58,8 @@ for b in bench_sketch bench_ifvp bench_mask bench_factored; do "$PY" "bench/$b.p
 "$PY" bench/bench_throughput.py --quick >/dev/null
 # Real models (issue 10): the CNN capture benchmark.
 "$PY" bench/bench_cnn.py --quick >/dev/null
+"$PY" bench/bench_self_influence.py --quick >/dev/null   # the figures of docs/scoring.md and
+"$PY" bench/selective_mask_quality.py --quick >/dev/null  # docs/compress.md
 # Run from outside the source tree so the installed package (with its compiled module) is imported.
 cd tests/python
 set +e

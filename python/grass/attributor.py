@@ -38,6 +38,7 @@ import torch
 from torch.utils._pytree import tree_map
 
 from .capture.batch import batch_size
+from .device import resolve_device
 from .precondition import BlockFisher, IdentityPreconditioner, Preconditioner, choose_damping
 from .distributed import full_scores, self_influence, top_k_scores  # sharded when torchrun'd
 from .distributed import group as _group
@@ -138,7 +139,7 @@ class Attributor:
         if device is None:
             first = next(model.parameters(), None)
             device = first.device if first is not None else "cpu"
-        self.device = torch.device(device)
+        self.device = resolve_device(device, "Attributor: device")
 
         if store is None:
             self.run_dir = tempfile.mkdtemp(prefix="grass-run-")

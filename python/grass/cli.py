@@ -1,203 +1,62 @@
 """The ``grass`` command.
 
     grass run CONFIG [--device DEVICE] [--quiet]   the Attributor workflow from a TOML/JSON file
+    grass run --example-config                      a complete configuration, every key explained
     grass demo [...]                                the end-to-end demo (grass.eval.demo)
     grass info                                      what was built, and whether CUDA is usable
 
-A run config (TOML shown; JSON with the same structure works too). Import paths are
-"module:attribute"; the config file's directory is put first on the import path, so
-modules next to the config can be named directly. Relative paths are relative to the
-config file.
-
-    [model]
-    factory = "mymodels:make_mlp"        # callable(**kwargs) -> nn.Module
-    kwargs = { hidden = 128 }
-    checkpoint = "mlp.pt"                # optional: a state dict saved with torch.save
-    [data]
-    train = "mydata:train_loader"        # callable(**train_kwargs) -> batches in a fixed order
-    test = "mydata:test_loader"          # callable(**test_kwargs) -> batches
-    [loss]
-    fn = "mylosses:cross_entropy"        # fn(model, batch) -> Tensor[B]
-    target = "mylosses:margin"           # optional; default -fn
-    [compressor]
-    method = "FactGraSS"                 # a spec name in grass.compress; other keys are its arguments
-    k = 4096
-    seed = 0
-    [attribution]
-    store = "runs/mnist"                 # the run directory (resumable)
-    layers = ["fc1", "fc2"]              # optional
-    dtype = "float32"
-    damping = 0.1                        # optional; relative to the mean eigenvalue unless
-    relative = true                      #   relative = false
-    [output]
-    dir = "runs/mnist/out"               # default: <store>/out
-    scores = true                        # scores.npy, [M, N] float32
-    top_k = 10                           # top_k.npz: values, indices [M, k] (0 = skip)
-    self_influence = true                # self_influence.npy, [N] float64
+The configuration's keys, their meaning, types and defaults are one table,
+``grass.run_config.SCHEMA``; ``grass run --help`` prints it and ``grass run
+--example-config`` writes a file from it. The whole file is checked before anything is
+computed or written, and every problem is reported at once.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import sys
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
-__all__ = ["main", "load_config", "import_object"]
+from .run_config import ConfigError, ConfigProblems, example_config, help_text, import_object, load_config
+from .run_config import build as _build
+from .run_config import validate
 
-
-class ConfigError(ValueError):
-    """A run configuration that cannot be used; the message names the key."""
-
-
-def import_object(path: str, key: str) -> Any:
-    """The object at "module:attribute" (attribute may be dotted)."""
-    if not isinstance(path, str) or ":" not in path:
-        raise ConfigError(f"{key} must be an import path 'module:attribute', got {path!r}")
-    module_name, attr = path.split(":", 1)
-    try:
-        obj = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ConfigError(f"{key}: cannot import module {module_name!r} ({e})") from None
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise ConfigError(f"{key}: module {module_name!r} has no attribute {attr!r}") from None
-    return obj
-
-
-def load_config(path: str) -> Dict[str, Any]:
-    """Read a TOML (``.toml``) or JSON config."""
-    if not os.path.isfile(path):
-        raise ConfigError(f"config file {path!r} does not exist")
-    with open(path, "rb") as f:
-        raw = f.read()
-    if path.endswith(".json"):
-        try:
-            cfg = json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}: invalid JSON ({e})") from None
-    else:
-        try:
-            import tomllib
-        except ImportError:  # Python < 3.11
-            try:
-                import tomli as tomllib
-            except ImportError:
-                raise ConfigError("reading TOML needs Python >= 3.11 (or the tomli package); "
-                                  "use a JSON config instead") from None
-        try:
-            cfg = tomllib.loads(raw.decode())
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{path}: invalid TOML ({e})") from None
-    if not isinstance(cfg, dict):
-        raise ConfigError(f"{path}: the top level must be a table")
-    return cfg
-
-
-def _section(cfg: Dict[str, Any], name: str, required: bool = True) -> Dict[str, Any]:
-    sec = cfg.get(name)
-    if sec is None:
-        if required:
-            raise ConfigError(f"the config has no [{name}] section")
-        return {}
-    if not isinstance(sec, dict):
-        raise ConfigError(f"[{name}] must be a table, got {type(sec).__name__}")
-    return sec
-
-
-def _require(sec: Dict[str, Any], section: str, key: str) -> Any:
-    if key not in sec:
-        raise ConfigError(f"[{section}] needs {key!r}")
-    return sec[key]
-
-
-def _check_keys(sec: Dict[str, Any], section: str, allowed: Sequence[str]) -> None:
-    unknown = sorted(set(sec) - set(allowed))
-    if unknown:
-        raise ConfigError(f"[{section}] has unknown keys {unknown}; allowed: {sorted(allowed)}")
-
-
-def _build_compressor(sec: Dict[str, Any]):
-    from . import compress
-    options = dict(sec)
-    method = _require(options, "compressor", "method")
-    options.pop("method")
-    spec_cls = getattr(compress, str(method), None)
-    if spec_cls is None or not isinstance(spec_cls, type):
-        names = sorted(n for n in dir(compress) if not n.startswith("_") and isinstance(getattr(compress, n), type))
-        raise ConfigError(f"[compressor] method {method!r} is not a compressor in grass.compress; "
-                          f"available: {names}")
-    try:
-        return spec_cls(**options)
-    except TypeError as e:
-        raise ConfigError(f"[compressor] {method}: {e}") from None
+__all__ = ["main", "run", "load_config", "import_object", "ConfigError"]
 
 
 def run(config_path: str, *, device: Optional[str] = None, progress: bool = True) -> Dict[str, str]:
-    """The `grass run` workflow; returns the files written."""
+    """The `grass run` workflow; returns the files written.
+
+    The configuration is validated whole first (``grass.run_config.validate``), then the
+    model and loaders are built and checked (``grass.run_config.build``): a mistake
+    raises ``ConfigError`` before any store or output file is written.
+    """
     import numpy as np
     import torch
 
     from .attributor import Attributor
 
     cfg = load_config(config_path)
-    base = os.path.dirname(os.path.abspath(config_path))
-    if base not in sys.path:
-        sys.path.insert(0, base)  # user modules next to the config are importable
-
-    def rel(p: str) -> str:
-        return p if os.path.isabs(p) else os.path.join(base, p)
-
-    _check_keys(cfg, "top level", ["model", "data", "loss", "compressor", "attribution", "output"])
-    m = _section(cfg, "model")
-    _check_keys(m, "model", ["factory", "kwargs", "checkpoint", "eval"])
-    model = import_object(_require(m, "model", "factory"), "[model] factory")(**m.get("kwargs", {}))
-    if not isinstance(model, torch.nn.Module):
-        raise ConfigError(f"[model] factory returned {type(model).__name__}, not a torch.nn.Module")
-    if "checkpoint" in m:
-        state = torch.load(rel(m["checkpoint"]), map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
-    if m.get("eval", True):
-        model.eval()
-
-    d = _section(cfg, "data")
-    _check_keys(d, "data", ["train", "test", "train_kwargs", "test_kwargs"])
-    train = import_object(_require(d, "data", "train"), "[data] train")(**d.get("train_kwargs", {}))
-    test = import_object(d["test"], "[data] test")(**d.get("test_kwargs", {})) if "test" in d else None
-
-    lo = _section(cfg, "loss")
-    _check_keys(lo, "loss", ["fn", "target"])
-    loss_fn = import_object(_require(lo, "loss", "fn"), "[loss] fn")
-    target_fn = import_object(lo["target"], "[loss] target") if "target" in lo else None
-
-    spec = _build_compressor(_section(cfg, "compressor"))
-
-    a = _section(cfg, "attribution")
-    _check_keys(a, "attribution", ["store", "layers", "include_flat", "dtype", "device", "seed",
-                                   "damping", "relative", "chunk_rows", "method"])
-    store = rel(_require(a, "attribution", "store"))
-    attr = Attributor(model, loss_fn, compressor=spec, layers=a.get("layers"), store=store,
-                      target_fn=target_fn, dtype=a.get("dtype", "float32"),
-                      device=device or a.get("device"), seed=a.get("seed", 0),
-                      include_flat=a.get("include_flat", False), chunk_rows=a.get("chunk_rows"),
-                      progress=progress)
+    plan = validate(cfg, config_path, device=device)
+    model, train, test, loss_fn, target_fn = _build(plan)
+    a, o = plan.options["attribution"], plan.options["output"]
+    try:
+        attr = Attributor(model, loss_fn, compressor=plan.spec, layers=a["layers"], store=plan.store,
+                          target_fn=target_fn, dtype=a["dtype"], device=plan.device, seed=a["seed"],
+                          include_flat=a["include_flat"], chunk_rows=a["chunk_rows"],
+                          progress=progress)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"setting up the Attributor: {e}") from None
     if attr.needs_fit:  # learned masks: fitted on training examples only, never on the scored ones
         attr.fit_masks(train)
     attr.cache(train)
-    attr.fit(a.get("damping"), relative=a.get("relative", True), method=a.get("method", "fisher"))
+    attr.fit(a["damping"], relative=a["relative"], method=a["method"])
 
-    o = _section(cfg, "output", required=False)
-    _check_keys(o, "output", ["dir", "scores", "top_k", "self_influence"])
-    out_dir = rel(o.get("dir", os.path.join(store, "out")))
+    out_dir = plan.out_dir
     os.makedirs(out_dir, exist_ok=True)
     written: Dict[str, str] = {}
-
-    want_scores, k = bool(o.get("scores", True)), int(o.get("top_k", 10))
-    if (want_scores or k) and test is None:
-        raise ConfigError("[output] asks for scores or top_k but [data] has no test loader")
+    want_scores, k = o["scores"], o["top_k"]
     if test is not None and (want_scores or k):
         grads = attr.test_gradients(test)  # computed once, used for both outputs
         if want_scores:
@@ -220,7 +79,7 @@ def run(config_path: str, *, device: Optional[str] = None, progress: bool = True
             for row in range(min(3, indices.shape[0])):
                 pairs = ", ".join(f"{int(i)} ({float(v):+.3g})" for v, i in zip(values[row], indices[row]))
                 print(f"test {row}: most helpful training examples {pairs}")
-    if o.get("self_influence", True):
+    if o["self_influence"]:
         path = os.path.join(out_dir, "self_influence.npy")
         tmp = path + ".tmp.npy"
         np.save(tmp, attr.self_influence().numpy())
@@ -261,10 +120,18 @@ def _demo(argv: List[str]) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="grass", description="Scalable data attribution.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    p_run = sub.add_parser("run", help="cache, fit and score as a config file says")
-    p_run.add_argument("config", help="a TOML or JSON run configuration")
+    p_run = sub.add_parser("run", help="cache, fit and score as a config file says",
+                           description="Cache compressed training gradients, fit the "
+                                       "preconditioner and write scores, as a TOML or JSON file "
+                                       "says. The whole file is checked first; every problem is "
+                                       "reported at once, before anything is computed or written.",
+                           epilog=help_text(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p_run.add_argument("config", nargs="?", help="a TOML or JSON run configuration")
     p_run.add_argument("--device", help="override [attribution] device (e.g. cuda)")
     p_run.add_argument("--quiet", action="store_true", help="no progress bars")
+    p_run.add_argument("--example-config", action="store_true",
+                       help="print a complete configuration (every key, its meaning and default) "
+                            "and exit")
     sub.add_parser("demo", help="the end-to-end demo (arguments go to it)", add_help=False)
     sub.add_parser("info", help="build information and CUDA availability")
 
@@ -275,8 +142,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command == "info":
         return _info()
     if args.command == "run":
+        if args.example_config:
+            print(example_config())
+            return 0
+        if args.config is None:
+            p_run.error("the following arguments are required: config (or --example-config)")
         try:
             run(args.config, device=args.device, progress=not args.quiet)
+        except ConfigProblems as e:
+            for line in e.problems:
+                print(f"grass run: {line}", file=sys.stderr)
+            n = len(e.problems)
+            print(f"grass run: {n} problem{'s' if n != 1 else ''} in {e.path}; nothing was computed "
+                  "or written (grass run --help lists every key)", file=sys.stderr)
+            return 2
         except ConfigError as e:
             print(f"grass run: {e}", file=sys.stderr)
             return 2

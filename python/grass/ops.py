@@ -311,6 +311,11 @@ def mask_indices(p: int, k: int, *, seed: int = 0, device=None) -> torch.Tensor:
     fn = "mask_indices"
     idx = _call(fn, _C.mask_indices, torch.device("cpu"), _int(fn, "p", p, 1),
                 _int(fn, "k", k, 1), _seed(fn, seed))
+    if device is not None and torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        # what grass.device.resolve_device says (it imports this module, so not used here)
+        raise ValueError(f"mask_indices: device is {str(torch.device(device))!r}, but CUDA cannot be "
+                         f"used here: grass.cuda_available() says {cuda_available()[1]!r}, and torch "
+                         f"{torch.__version__} sees no CUDA device. Use device='cpu' (or leave device unset)")
     return idx if device is None else idx.to(device)
 
 

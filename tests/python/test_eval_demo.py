@@ -2,6 +2,8 @@
 and the LDS table, writes the plots, and a second run reuses everything it cached."""
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -41,3 +43,26 @@ def test_demo_rejects_bad_options(capsys):
     with pytest.raises(SystemExit):
         demo.main(["--size", "huge"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_a_second_demo_on_the_same_out_is_refused(tmp_path, capsys):
+    """Two demos on one --out would train, cache and write the same files at once: the
+    second one is refused at once (exit code 2, the first one named); a killed first run
+    leaves no stale lock."""
+    out = tmp_path / "demo"
+    first = subprocess.Popen([sys.executable, "-m", "grass.cli", "demo", "--size", "tiny", "--models", "12",
+                              "--out", str(out), "--quiet", "--threads", "1"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = first.stdout.readline()  # printed once the first run holds the lock
+        assert line, first.stderr.read()
+        assert demo.main(["--size", "tiny", "--out", str(out), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert (f"grass demo: process {first.pid} is already running a demo in {str(out)!r} "
+                f"(it holds {str(out / demo.LOCK)!r}); wait for it to finish, or pass another --out") in err
+        assert first.poll() is None, "the first run must still be running for this test to mean anything"
+    finally:
+        first.kill()
+        first.wait()
+    with demo.lock_output(str(out)):  # free again once the holder has gone (even by SIGKILL)
+        pass

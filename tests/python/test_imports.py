@@ -11,14 +11,15 @@ PACKAGE = pathlib.Path(grass.__file__).parent
 
 # The pipeline, bottom to top. A module may import its own layer and the ones before it.
 LAYERS = [
-    ["grass._C", "grass.ops", "grass.layers", "grass.reference", "grass.testing"],  # kernels
+    ["grass._C", "grass.ops", "grass.layers", "grass.reference", "grass.testing",
+     "grass.device"],  # kernels
     ["grass.capture"],
     ["grass.compress"],
     ["grass.store"],
     ["grass.precondition"],
     ["grass.score"],
     ["grass.attributor", "grass.ensemble", "grass.distributed", "grass.loop"],
-    ["grass.eval", "grass.cli"],
+    ["grass.eval", "grass.cli", "grass.run_config"],
 ]
 
 

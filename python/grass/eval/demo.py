@@ -12,21 +12,68 @@
 4. flips 20% of the training labels and finds them by GraSS self-influence.
 
 Everything lives under ``--out``; run the same command again to resume after an
-interruption or to reprint the results without recomputing them.
+interruption or to reprint the results without recomputing them. One demo at a time
+works in an ``--out`` directory (a second one is refused while the first runs).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import sys
 import time
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 
-__all__ = ["main"]
+try:  # POSIX advisory locks, as the gradient store uses; elsewhere runs are not guarded
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None
+
+__all__ = ["main", "OutputLocked", "lock_output"]
+
+LOCK = ".demo.lock"
+
+
+class OutputLocked(RuntimeError):
+    """Another process is running ``grass demo`` on the same output directory."""
+
+
+@contextlib.contextmanager
+def lock_output(out: str) -> Iterator[str]:
+    """Holds an exclusive lock on the demo's output directory ``out`` (created if missing)
+    for the duration of the block, as one writer holds a gradient store. Two demos on one
+    ``--out`` would otherwise train, cache and write the same files at once.
+
+    Raises:
+        OutputLocked: another process holds the lock; the message names it.
+    """
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, LOCK)
+    if fcntl is None:  # pragma: no cover
+        yield path
+        return
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip()
+            who = f"process {holder}" if holder.isdigit() else "another process"
+            raise OutputLocked(
+                f"grass demo: {who} is already running a demo in {out!r} (it holds {path!r}); "
+                "wait for it to finish, or pass another --out") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        try:
+            yield path
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -65,7 +112,11 @@ def _header(text: str) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return _run(args)
+        with lock_output(args.out):
+            return _run(args)
+    except OutputLocked as e:
+        print(e, file=sys.stderr)
+        return 2
     except KeyboardInterrupt as e:
         msg = str(e) or "interrupted"
         print(f"\n{msg}\nEverything finished so far is saved in {args.out}; run the same command "
@@ -95,7 +146,6 @@ def _run(args) -> int:
     if args.models is not None:
         preset = preset.with_(n_models=args.models)
     k = args.k or {"tiny": 256, "small": 1024, "paper": 4096}[args.size]
-    os.makedirs(args.out, exist_ok=True)
     ctx = Context(preset, args.out, threads=args.threads, progress=progress)
     s = ctx.split
     names = s.class_names

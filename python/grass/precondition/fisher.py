@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from ..device import resolve_device
 from .ifvp import BlockBatches, fisher_accumulate
 
 __all__ = ["BlockFisher", "packed_offsets"]
@@ -37,7 +38,7 @@ class BlockFisher:
         if not sizes or any(k < 1 for k in sizes):
             raise ValueError(f"block_sizes must be a non-empty list of positive ints, got {list(block_sizes)!r}")
         self.block_sizes = sizes
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.device = resolve_device(device, "BlockFisher: device") or torch.device("cpu")
         self._offsets = packed_offsets(sizes)
         self.sums = torch.zeros(self._offsets[-1], dtype=torch.float64, device=self.device)
         self.num_rows = 0

@@ -12,6 +12,7 @@ from typing import Optional, Tuple
 import torch
 from tqdm.auto import tqdm
 
+from ..device import resolve_device
 from .stream import RowSource, ScoreTerm, full_scores, top_k_scores
 
 __all__ = ["influence_queries", "influence_scores", "influence_top_k", "self_influence"]
@@ -46,7 +47,7 @@ def self_influence(preconditioner, train, *, chunk_rows: Optional[int] = None, d
                    progress: bool = True) -> torch.Tensor:
     """∇ℓ_iᵀ (F + λI)⁻¹ ∇ℓ_i for every training row, float64 [N] (work in float64)."""
     src = RowSource(train)
-    device = torch.device(device) if device is not None else torch.device("cpu")
+    device = resolve_device(device, "self_influence: device") or torch.device("cpu")
     out = torch.empty(src.num_rows, dtype=torch.float64)
     step = int(chunk_rows) if chunk_rows is not None else src.chunk_rows
     with tqdm(total=src.num_rows, desc="self-influence", unit="ex", unit_scale=True,

@@ -19,6 +19,8 @@ from typing import Iterator, Optional, Sequence, Tuple
 import torch
 from tqdm.auto import tqdm
 
+from ..device import resolve_device
+
 __all__ = ["ScoreTerm", "RowSource", "score_chunks", "full_scores", "top_k_scores", "TopK"]
 
 
@@ -88,7 +90,7 @@ def score_chunks(terms: Sequence[ScoreTerm], *, chunk_rows: Optional[int] = None
                  desc: str = "scoring") -> Iterator[Tuple[int, torch.Tensor]]:
     """Yield ``(first_row, S[:, first_row:first_row + c])`` chunk by chunk, ``dtype``
     on ``device`` (default: the first query's device)."""
-    device = torch.device(device) if device is not None else terms[0].queries.device
+    device = resolve_device(device, "score_chunks: device") or terms[0].queries.device
     prepared, m, n = _prepare(terms, device, dtype)
     step = int(chunk_rows) if chunk_rows is not None else prepared[0][1].chunk_rows
     if step < 1:

@@ -17,6 +17,7 @@ from typing import Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from ...device import resolve_device
 from ...precondition.damping import DEFAULT_RELATIVE_DAMPING
 from ..stream import RowSource
 
@@ -41,7 +42,7 @@ class DataInf:
                              f"K={self.source.dim} columns")
         self.num_rows = self.source.num_rows
         self.chunk_rows = int(chunk_rows) if chunk_rows is not None else self.source.chunk_rows
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.device = resolve_device(device, "DataInf: device") or torch.device("cpu")
         self.progress = progress
         self._slices = []
         start = 0

@@ -16,6 +16,7 @@ from typing import Callable, Optional, Tuple
 import torch
 
 from ...capture.select import discover_layers
+from ...device import resolve_device
 from ...precondition import BlockFisher, Preconditioner
 from ..influence import influence_queries, self_influence as _self_influence
 from ..stream import ScoreTerm, full_scores, top_k_scores
@@ -32,7 +33,7 @@ class ExactInfluence:
                  include_flat: bool = False, target_fn: Optional[Callable] = None,
                  dtype: torch.dtype = torch.float64, device=None, progress: bool = True):
         self.dtype = dtype
-        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.device = resolve_device(device, "ExactInfluence: device") or next(model.parameters()).device
         # A private copy in the working precision; the user's model is left as it is.
         self.model = copy.deepcopy(model).to(device=self.device, dtype=dtype)
         self.loss_fn = loss_fn

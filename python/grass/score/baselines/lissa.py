@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ...capture.select import discover_layers
+from ...device import resolve_device
 from ..targets import resolve_target
 from .functional import Curvature, ParamSpace, move_batch, per_sample_gradients
 
@@ -92,7 +93,7 @@ class LiSSA:
         self.space = ParamSpace(model, [info.param_names for info in infos])
         self.options = dict(damping=damping, scale=scale, depth=depth, repeats=repeats,
                             curvature=curvature, output_fn=output_fn, output_loss_fn=output_loss_fn)
-        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.device = resolve_device(device, "LiSSA: device") or next(model.parameters()).device
         self.progress = progress
 
     def _to(self, batch):
