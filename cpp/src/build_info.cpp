@@ -2,6 +2,8 @@
 
 #include <omp.h>
 
+#include "cpu_dispatch.h"
+
 namespace grass {
 
 BuildInfo build_info() {
@@ -11,17 +13,27 @@ BuildInfo build_info() {
   info.cuda_compiled = true;
 #endif
   info.openmp_max_threads = omp_get_max_threads();
-#if defined(__AVX512F__)
-  info.simd = "avx512f";
-#elif defined(__AVX2__)
-  info.simd = "avx2";
-#elif defined(__SSE2__)
-  info.simd = "sse2";
+  const detail::CpuLevelChoice& cpu = detail::cpu_level_choice();
+  info.cpu_levels = cpu.compiled;
+  info.cpu_level = cpu.chosen;
+  info.cpu_level_error = cpu.error;
+  if (cpu.chosen == "avx512") {
+    info.simd = "avx512f";
+  } else if (cpu.chosen == "avx2") {
+    info.simd = "avx2";
+  } else if (cpu.chosen == "native") {
+    info.simd = "native";
+  } else if (cpu.chosen == "baseline") {
+#if defined(__x86_64__) || defined(__i386__)
+    info.simd = "sse4.2";
 #elif defined(__ARM_NEON)
-  info.simd = "neon";
+    info.simd = "neon";
 #else
-  info.simd = "none";
+    info.simd = "none";
 #endif
+  } else {
+    info.simd = "none";
+  }
 #if defined(__clang__)
   info.compiler = "clang " __clang_version__;
 #elif defined(__GNUC__)

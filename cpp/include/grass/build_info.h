@@ -8,8 +8,15 @@ struct BuildInfo {
   std::string version;
   bool cuda_compiled = false;  // CUDA kernels built into this library
   int openmp_max_threads = 1;
-  std::string simd;            // e.g. "avx512f", "avx2", "sse2", "neon", "none"
+  std::string simd;            // the chosen level's instruction set: "avx512f", "avx2", "sse4.2", "neon", "native", "none"
   std::string compiler;
+  // CPU levels of the kernels (docs/portability.md): those compiled in, best last
+  // ("baseline,avx2,avx512" with run-time dispatch; one of "native", "baseline" otherwise),
+  // the one the kernels run at (chosen from the CPU, or forced by GRASS_CPU_CAPABILITY), and
+  // why none can run when cpu_level is "" (the kernels then throw cpu_level_error).
+  std::string cpu_levels;
+  std::string cpu_level;
+  std::string cpu_level_error;
 };
 
 BuildInfo build_info();
