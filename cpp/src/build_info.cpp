@@ -4,6 +4,10 @@
 
 #include "cpu_dispatch.h"
 
+#if !defined(GRASS_CUDA_BUILD_NOTE)  // set by cpp/CMakeLists.txt from cmake/grass_cuda.cmake
+#define GRASS_CUDA_BUILD_NOTE "not recorded by this build"
+#endif
+
 namespace grass {
 
 BuildInfo build_info() {
@@ -11,7 +15,9 @@ BuildInfo build_info() {
   info.version = GRASS_VERSION;
 #if defined(GRASS_WITH_CUDA)
   info.cuda_compiled = true;
+  detail::cuda_versions(&info.cuda_runtime_version, &info.cuda_driver_version);
 #endif
+  info.cuda_build_note = GRASS_CUDA_BUILD_NOTE;
   info.openmp_max_threads = omp_get_max_threads();
   const detail::CpuLevelChoice& cpu = detail::cpu_level_choice();
   info.cpu_levels = cpu.compiled;
@@ -47,7 +53,7 @@ BuildInfo build_info() {
 #if !defined(GRASS_WITH_CUDA)
 CudaStatus cuda_runtime_status() {
   CudaStatus status;
-  status.reason = "grass was built without CUDA kernels (no CUDA compiler at build time, or GRASS_ENABLE_CUDA=OFF)";
+  status.reason = std::string("grass was built without CUDA kernels: ") + GRASS_CUDA_BUILD_NOTE;
   return status;
 }
 #endif

@@ -8,6 +8,10 @@
 
 #include "grass/check.h"
 
+#if !defined(GRASS_CPU_DISPATCH) && !defined(GRASS_CPU_SINGLE_LEVEL)  // set by cmake/grass_cpu_levels.cmake
+#define GRASS_CPU_SINGLE_LEVEL "baseline"
+#endif
+
 #if defined(GRASS_CPU_DISPATCH)
 extern "C" const grass::detail::CpuKernels grass_cpu_kernels_baseline;
 #if defined(GRASS_CPU_LEVEL_AVX2)

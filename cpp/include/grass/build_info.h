@@ -17,6 +17,12 @@ struct BuildInfo {
   std::string cpu_levels;
   std::string cpu_level;
   std::string cpu_level_error;
+  // CUDA: what the build decided and why ("nvcc 12.6 (...), matching torch 2.7.0 (CUDA
+  // 12.6); architectures ..." or why it built CPU-only), and the versions of the CUDA
+  // runtime linked in and of the driver found now (1000 * major + 10 * minor; 0: none).
+  std::string cuda_build_note;
+  int cuda_runtime_version = 0;
+  int cuda_driver_version = 0;
 };
 
 BuildInfo build_info();
@@ -29,5 +35,12 @@ struct CudaStatus {
 
 // Never throws: without a driver or device this reports why.
 CudaStatus cuda_runtime_status();
+
+#if defined(GRASS_WITH_CUDA)
+namespace detail {
+// The linked CUDA runtime's version and the installed driver's (0 without a driver).
+void cuda_versions(int* runtime, int* driver);
+}  // namespace detail
+#endif
 
 }  // namespace grass
