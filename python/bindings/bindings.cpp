@@ -612,6 +612,9 @@ nb::dict build_info() {
   d["cpu_levels"] = info.cpu_levels;
   d["cpu_level"] = info.cpu_level;
   d["cpu_level_error"] = info.cpu_level_error;
+  d["cuda_build_note"] = info.cuda_build_note;
+  d["cuda_runtime_version"] = info.cuda_runtime_version;
+  d["cuda_driver_version"] = info.cuda_driver_version;
   return d;
 }
 

@@ -16,7 +16,11 @@ def test_build_info():
     assert info["version"] == grass.__version__ == importlib.metadata.version("grass")
     assert isinstance(info["cuda_compiled"], bool)
     assert info["openmp_max_threads"] >= 1
-    assert info["simd"] in {"avx512f", "avx2", "sse2", "neon", "none"}
+    assert info["simd"] in {"avx512f", "avx2", "sse4.2", "neon", "native", "none"}
+    # The level the kernels run at is one of those compiled in (docs/portability.md).
+    assert info["cpu_level"] in info["cpu_levels"].split(","), info
+    assert info["cpu_level_error"] == ""
+    assert isinstance(info["cuda_build_note"], str) and info["cuda_build_note"]
     assert info["compiler"]
     assert (info["cuda_available"], info["cuda_reason"]) == grass.cuda_available()
 
