@@ -4,7 +4,9 @@
 
 #include "cpu_dispatch.h"
 
-#if !defined(GRASS_CUDA_BUILD_NOTE)  // set by cpp/CMakeLists.txt from cmake/grass_cuda.cmake
+#if __has_include("grass_build_note.h")  // written by cpp/CMakeLists.txt (cmake/grass_cuda.cmake)
+#include "grass_build_note.h"
+#else
 #define GRASS_CUDA_BUILD_NOTE "not recorded by this build"
 #endif
 
