@@ -25,6 +25,21 @@ def test_build_info():
     assert (info["cuda_available"], info["cuda_reason"]) == grass.cuda_available()
 
 
+def test_grass_info_says_why_cuda_is_or_is_not_usable():
+    import subprocess
+    proc = subprocess.run([sys.executable, "-m", "grass.cli", "info"], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    ok, reason = grass.cuda_available()
+    usable = [line for line in lines if line.startswith("CUDA usable: ")]
+    assert usable == (["CUDA usable: yes"] if ok else [f"CUDA usable: no: {reason}"])
+    assert "\n" not in reason and reason.strip() == reason
+    info = grass.build_info()
+    assert f"CPU kernels: {info['cpu_level']} (chosen for this CPU; compiled: {info['cpu_levels']})" in lines
+    assert f"torch: {torch.__version__} " in proc.stdout
+
+
 def test_cuda_available_says_why_not():
     ok, reason = grass.cuda_available()
     assert isinstance(ok, bool) and isinstance(reason, str)
