@@ -11,7 +11,7 @@ shift $(( $# < 3 ? $# : 3 ))
 levels=${*:-auto baseline}
 args=(--ks 4096 --sparsity 0 --reps 21 --no-fjlt)
 out=$(mktemp -d)
-row() { grep -E '^\| 4096 ' "$1" | awk -F'|' '{gsub(/ /,""); print $3, $5}'; }  # ms, /copy
+row() { grep -E '^\| 4096 ' "$1" | awk -F'|' '{gsub(/ /,""); print $3, $5, $6}'; }  # ms, /copy, best
 for r in $(seq "$rounds"); do
   "$old" "${args[@]}" > "$out/old.$r"
   echo "round $r old: $(row "$out/old.$r")"
@@ -22,10 +22,11 @@ for r in $(seq "$rounds"); do
   done
 done
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
-echo "medians over $rounds rounds (SJLT dense, p = 131072, B = 128, k = 4096, float32): ms, kernel/copy"
+echo "medians over $rounds rounds (SJLT dense, p = 131072, B = 128, k = 4096, float32, ${OMP_NUM_THREADS:-all} threads): ms, kernel/copy (median of pairs), best (fastest kernel / fastest copy)"
 for name in old $levels; do
   ms=$(for r in $(seq "$rounds"); do row "$out/$name.$r"; done | awk '{print $1}' | median)
   ratio=$(for r in $(seq "$rounds"); do row "$out/$name.$r"; done | awk '{print $2}' | median)
-  echo "$name: $ms ms, /copy $ratio"
+  best=$(for r in $(seq "$rounds"); do row "$out/$name.$r"; done | awk '{print $3}' | median)
+  echo "$name: $ms ms, /copy $ratio, best $best"
 done
 rm -rf "$out"
