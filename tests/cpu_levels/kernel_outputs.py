@@ -35,6 +35,11 @@ def load_C():
     return module
 
 
+def alloc(shape, dtype):
+    """The binding's allocator for outputs it sizes itself (dtype by name: "int64", ...)."""
+    return np.empty(shape, getattr(np, dtype))
+
+
 def run_kernels(C):
     rng = np.random.default_rng(2026)
     out = {}
@@ -46,17 +51,17 @@ def run_kernels(C):
     x = normal(38, 3000)
     for s in (1, 3):
         y = np.empty((38, 256), np.float32)
-        C.sjlt(x, y, 256, s, 11, False, 0)
+        C.sjlt(x, y, 256, s, 11, False)
         out[f"sjlt_f32_s{s}"] = y
     # float16 input, 17 rows (a block and one single row).
     xh = normal(17, 2500, dtype=np.float16)
     y = np.empty((17, 128), np.float32)
-    C.sjlt(xh, y, 128, 2, 5, False, 0)
+    C.sjlt(xh, y, 128, 2, 5, False)
     out["sjlt_f16"] = y
     # Several column ranges (p > 2^17), few rows: (row, range) pairs in parallel.
     xr = normal(5, 140_000)
     y = np.empty((5, 64), np.float32)
-    C.sjlt(xr, y, 64, 1, 3, False, 0)
+    C.sjlt(xr, y, 64, 1, 3, False)
     out["sjlt_ranges"] = y
     # CSR of a sparse copy of x.
     xs = x.copy()
@@ -65,38 +70,37 @@ def run_kernels(C):
     indices = np.nonzero(xs)[1].astype(np.int64)
     values = xs[xs != 0].astype(np.float32)
     y = np.empty((38, 256), np.float32)
-    C.sjlt_csr(indptr, indices, values, y, 3000, 256, 2, 7, False, 0)
+    C.sjlt_csr(indptr, indices, values, y, 3000, 256, 2, 7, False)
     out["sjlt_csr"] = y
     yt = np.empty((38, 3000), np.float32)
-    C.sjlt_transpose(out["sjlt_f32_s3"], yt, 3, 11, 0)
+    C.sjlt_transpose(out["sjlt_f32_s3"], yt, 3000, 3, 11)
     out["sjlt_transpose"] = yt
     # Masks and GraSS.
-    idx = np.empty(900, np.int64)
-    C.mask_indices(3000, idx, 13)
+    idx = C.mask_indices(3000, 900, 13, alloc)
     out["mask_indices"] = idx
     g = np.empty((38, 900), np.float32)
-    C.mask_gather(x, idx, g, 0)
+    C.mask_gather(x, idx, g)
     out["mask_gather"] = g
     for name, xin in (("f32", x), ("f16", x.astype(np.float16))):
         y = np.empty((38, 128), np.float32)
-        C.masked_sjlt(xin, idx, y, 128, 2, 17, False, 0)
+        C.masked_sjlt(xin, idx, y, 128, 2, 17, False)
         out[f"masked_sjlt_{name}"] = y
     # FJLT: a small transform (p <= block) and a blocked one.
     for p in (200, 5000):
         xf = normal(9, p)
         y = np.empty((9, 96), np.float32)
-        C.fjlt(xf, y, 19, 0)
+        C.fjlt(xf, y, 96, 19)
         out[f"fjlt_p{p}"] = y
     # Kronecker reconstruction and FactGraSS (40 samples: the 16-sample lane path and the rest).
     a = normal(40, 3, 70)
     gr = normal(40, 3, 30)
     kr = np.empty((40, 30 * 71), np.float32)
-    C.kron(a, gr, kr, True, 0)
+    C.kron(a, gr, kr, True)
     out["kron"] = kr
     idx_in = np.sort(rng.choice(71, 24, replace=False)).astype(np.int64)
     idx_out = np.sort(rng.choice(30, 12, replace=False)).astype(np.int64)
     y = np.empty((40, 64), np.float32)
-    C.factgrass(a, gr, idx_in, idx_out, y, 64, True, 1, 23, False, 0)
+    C.factgrass(a, gr, idx_in, idx_out, y, 64, True, 1, 23, False)
     out["factgrass"] = y
     # Fisher accumulation, Cholesky factor and solve (two blocks).
     blocks = np.array([40, 24], np.int64)
