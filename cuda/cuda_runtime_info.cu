@@ -31,4 +31,14 @@ CudaStatus cuda_runtime_status() {
   return status;
 }
 
+namespace detail {
+void cuda_versions(int* runtime, int* driver) {
+  *runtime = 0;
+  *driver = 0;
+  if (cudaRuntimeGetVersion(runtime) != cudaSuccess) *runtime = 0;
+  if (cudaDriverGetVersion(driver) != cudaSuccess) *driver = 0;  // 0 when no driver is installed
+  cudaGetLastError();
+}
+}  // namespace detail
+
 }  // namespace grass

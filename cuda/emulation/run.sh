@@ -25,7 +25,7 @@ pids=()
 for f in cuda_runtime_info sketch sjlt mask masked_sjlt fjlt kron factgrass; do
   "$CXX" "${flags[@]}" -c "$out/src/$f.emu.cpp" -o "$out/obj/cuda_$f.o" & pids+=($!)
 done
-for f in build_info sjlt mask masked_sjlt fjlt kron factgrass; do
+for f in build_info cpu_dispatch sjlt mask masked_sjlt fjlt kron factgrass; do
   "$CXX" "${flags[@]}" -O2 -c "$root/cpp/src/$f.cpp" -o "$out/obj/cpu_$f.o" & pids+=($!)
 done
 for p in "${pids[@]}"; do wait "$p"; done

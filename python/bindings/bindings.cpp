@@ -609,6 +609,12 @@ nb::dict build_info() {
   d["openmp_max_threads"] = info.openmp_max_threads;
   d["simd"] = info.simd;
   d["compiler"] = info.compiler;
+  d["cpu_levels"] = info.cpu_levels;
+  d["cpu_level"] = info.cpu_level;
+  d["cpu_level_error"] = info.cpu_level_error;
+  d["cuda_build_note"] = info.cuda_build_note;
+  d["cuda_runtime_version"] = info.cuda_runtime_version;
+  d["cuda_driver_version"] = info.cuda_driver_version;
   return d;
 }
 
@@ -656,6 +662,6 @@ NB_MODULE(_C, m) {
   m.def("fisher_accumulate", &fisher_accumulate, "G"_a.noconvert(), "block_sizes"_a.noconvert(), "F"_a.none(), "alloc"_a = none, "F (packed float64) += G_l^T G_l per block (CPU).");
   m.def("cholesky_factor", &cholesky_factor, "F"_a, "block_sizes"_a.noconvert(), "damping"_a.noconvert(), "alloc"_a = none, "In place: F_l + damping[l] I = L_l L_l^T per block (CPU; reads the lower triangle).");
   m.def("cholesky_solve", &cholesky_solve, "L"_a.noconvert(), "block_sizes"_a.noconvert(), "V"_a.noconvert(), "out"_a.none(), "alloc"_a = none, "out[:, block l] = (L_l L_l^T)^-1 V[:, block l] (CPU; out may be V).");
-  m.def("build_info", &build_info, "What this build contains: version, cuda_compiled, openmp_max_threads, simd, compiler.");
+  m.def("build_info", &build_info, "What this build contains: version, cuda_compiled, openmp_max_threads, simd, compiler, cpu_levels (compiled), cpu_level (chosen), cpu_level_error, cuda_build_note, cuda_runtime_version, cuda_driver_version.");
   m.def("cuda_runtime_status", &cuda_runtime_status, "Whether CUDA can run here: available, device_count, reason (never raises).");
 }

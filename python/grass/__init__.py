@@ -7,6 +7,11 @@ stays cheap and never initialises CUDA.
 """
 from importlib import import_module as _import_module
 
+# torch first: grass._C needs libgomp.so.1, which torch's wheel ships and loads; the dynamic
+# loader then binds grass to that same OpenMP runtime (one thread pool, and no copy of
+# libgomp inside grass's wheel; docs/portability.md).
+import torch as _torch  # noqa: F401
+
 from . import _C, ops
 from .ops import build_info, cuda_available
 

@@ -90,15 +90,40 @@ def run(config_path: str, *, device: Optional[str] = None, progress: bool = True
     return written
 
 
+def _cuda_version(v: int) -> str:
+    """1000 * major + 10 * minor (the CUDA API's encoding) as "major.minor"; 0 as "none"."""
+    return f"{v // 1000}.{v % 1000 // 10}" if v else "none"
+
+
 def _info() -> int:
+    """Build information, the CPU level the kernels run at, and whether CUDA is usable and
+    why not, one line each; then every field of grass.build_info()."""
+    import os
+
+    import torch
+
     import grass
     info = grass.build_info()
+    forced = os.environ.get("GRASS_CPU_CAPABILITY")
+    print(f"grass {info['version']} ({info['compiler']}), OpenMP threads: {info['openmp_max_threads']}")
+    if info["cpu_level"]:
+        how = f"forced by GRASS_CPU_CAPABILITY={forced}" if forced else "chosen for this CPU"
+        print(f"CPU kernels: {info['cpu_level']} ({how}; compiled: {info['cpu_levels']})")
+    else:
+        print(f"CPU kernels: cannot run: {info['cpu_level_error']} (compiled: {info['cpu_levels']})")
+    print(f"torch: {torch.__version__} (CUDA {torch.version.cuda or 'none: a CPU-only build'})")
+    if info["cuda_compiled"]:
+        print(f"CUDA kernels: compiled ({info['cuda_build_note']})")
+        print(f"CUDA runtime: {_cuda_version(info['cuda_runtime_version'])} (linked statically), "
+              f"driver: {_cuda_version(info['cuda_driver_version'])}")
+    else:
+        print(f"CUDA kernels: not compiled ({info['cuda_build_note']})")
+    ok, reason = info["cuda_available"], info["cuda_reason"]
+    print("CUDA usable: yes" if ok else f"CUDA usable: no: {reason}")
+    print()
     width = max(len(k) for k in info)
     for key, value in info.items():
         print(f"{key:<{width}}  {value}")
-    if "cuda_available" not in info:
-        ok, reason = grass.cuda_available()
-        print(f"{'cuda_available':<{width}}  {ok}" + ("" if ok else f" ({reason})"))
     return 0
 
 

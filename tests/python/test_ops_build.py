@@ -16,9 +16,28 @@ def test_build_info():
     assert info["version"] == grass.__version__ == importlib.metadata.version("grass")
     assert isinstance(info["cuda_compiled"], bool)
     assert info["openmp_max_threads"] >= 1
-    assert info["simd"] in {"avx512f", "avx2", "sse2", "neon", "none"}
+    assert info["simd"] in {"avx512f", "avx2", "sse4.2", "neon", "native", "none"}
+    # The level the kernels run at is one of those compiled in (docs/portability.md).
+    assert info["cpu_level"] in info["cpu_levels"].split(","), info
+    assert info["cpu_level_error"] == ""
+    assert isinstance(info["cuda_build_note"], str) and info["cuda_build_note"]
     assert info["compiler"]
     assert (info["cuda_available"], info["cuda_reason"]) == grass.cuda_available()
+
+
+def test_grass_info_says_why_cuda_is_or_is_not_usable():
+    import subprocess
+    proc = subprocess.run([sys.executable, "-m", "grass.cli", "info"], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    ok, reason = grass.cuda_available()
+    usable = [line for line in lines if line.startswith("CUDA usable: ")]
+    assert usable == (["CUDA usable: yes"] if ok else [f"CUDA usable: no: {reason}"])
+    assert "\n" not in reason and reason.strip() == reason
+    info = grass.build_info()
+    assert f"CPU kernels: {info['cpu_level']} (chosen for this CPU; compiled: {info['cpu_levels']})" in lines
+    assert f"torch: {torch.__version__} " in proc.stdout
 
 
 def test_cuda_available_says_why_not():

@@ -156,6 +156,8 @@ struct cudaDeviceProp {
   size_t totalGlobalMem = size_t{80} << 30;
 };
 inline cudaError_t cudaGetDeviceCount(int* n) { *n = 1; return cudaSuccess; }
+inline cudaError_t cudaRuntimeGetVersion(int* v) { *v = 0; return cudaSuccess; }  // emulated: no real runtime
+inline cudaError_t cudaDriverGetVersion(int* v) { *v = 0; return cudaSuccess; }
 inline cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int) {
   *p = cudaDeviceProp{}; p->multiProcessorCount = emu::sms; return cudaSuccess;
 }
