@@ -1,5 +1,6 @@
 """Run-time CPU dispatch (docs/portability.md): every CPU level this machine can run gives
-bitwise the same kernel outputs, GRASS_CPU_CAPABILITY forces a level, and a level that is
+bitwise the same kernel outputs (the FMA-contracted kron, FactGraSS, Fisher and Cholesky:
+within rounding between levels with and without FMA), GRASS_CPU_CAPABILITY forces a level, and a level that is
 unknown or beyond this CPU is refused with an error naming the variable. Each level runs in
 a subprocess, since the level is chosen once per process."""
 import os
@@ -32,7 +33,7 @@ def _forced_info(level):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def test_levels_agree_bitwise(tmp_path):
+def test_levels_agree(tmp_path):
     runnable = [lv for lv in LEVELS if _forced_info(lv)["cpu_level"] == lv]
     assert INFO["cpu_level"] in runnable  # the automatic choice is one of them, the best
     assert INFO["cpu_level"] == runnable[-1]
@@ -58,6 +59,22 @@ def test_compare_detects_a_difference(tmp_path):
     np.savez(b, cpu_level=np.array("x"), y=np.array([1.0, np.nextafter(np.float32(2), np.float32(3))], np.float32))
     proc = _run([str(SCRIPT), "compare", str(a), str(b)])
     assert proc.returncode == 1 and "NOT bitwise equal in y" in proc.stdout
+
+
+def test_compare_allows_rounding_only_in_contracted_kernels(tmp_path):
+    import numpy as np
+    one_ulp = np.nextafter(np.float32(2), np.float32(3))
+    a, b, c = tmp_path / "a.npz", tmp_path / "b.npz", tmp_path / "c.npz"
+    np.savez(a, cpu_level=np.array("x"), kron=np.array([1.0, 2.0], np.float32),
+             sjlt=np.array([1.0, 2.0], np.float32))
+    np.savez(b, cpu_level=np.array("y"), kron=np.array([1.0, one_ulp], np.float32),
+             sjlt=np.array([1.0, 2.0], np.float32))
+    np.savez(c, cpu_level=np.array("y"), kron=np.array([1.0, 2.001], np.float32),
+             sjlt=np.array([1.0, 2.0], np.float32))
+    proc = _run([str(SCRIPT), "compare", str(a), str(b)])
+    assert proc.returncode == 0 and "1 within rounding (FMA contraction: kron)" in proc.stdout
+    proc = _run([str(SCRIPT), "compare", str(a), str(c)])
+    assert proc.returncode == 1 and "NOT bitwise equal in kron" in proc.stdout
 
 
 @pytest.mark.parametrize("value", ["avx3", "AVX2 ", "sse"])
