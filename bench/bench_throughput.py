@@ -134,7 +134,7 @@ def bench_caching(args, report):
     writers = {m: StoreWriter(os.path.join(tmp, m), fingerprint={"bench": m},
                               num_rows=args.batch * (args.reps + 1), block_sizes=[K[m]],
                               dtype="float16") for m in specs}
-    linear = [(i, mod) for i, mod in capture._entries]
+    names = [info.name for info in capture.layers]
 
     def train_step(batch):
         model.train()
@@ -148,10 +148,10 @@ def bench_caching(args, report):
 
     def cache_step(method, batch):
         t0 = time.perf_counter()
-        factors = capture._factors(batch, token_sum_ce, linear)
+        factors = capture.factors(batch, token_sum_ce)
         t1 = time.perf_counter()
-        rows = torch.cat([compressors[method][i.name].compress_factors(*factors.pop(i.name)).float()
-                          for i, _ in linear], 1)
+        rows = torch.cat([compressors[method][n].compress_factors(*factors.pop(n)).float()
+                          for n in names], 1)
         t2 = time.perf_counter()
         writers[method].append(rows)
         t3 = time.perf_counter()
