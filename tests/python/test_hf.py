@@ -16,7 +16,7 @@ transformers = pytest.importorskip("transformers", reason="transformers is not i
 
 import grass.compress as C  # noqa: E402
 from grass.capture import GradientCapture  # noqa: E402
-from grass.capture.batch import take  # noqa: E402
+from test_capture_paths import reference as loop_reference  # noqa: E402
 
 
 def rel(a, b):
@@ -51,25 +51,8 @@ def padded(gen, B, T, vocab, lengths, pad=0, left=False):
 
 
 def reference(model, fn, batch, layers):
-    B = batch[0].shape[0]
-    out = {info.name: [] for info in layers}
-    for i in range(B):
-        loss = fn(model, take(batch, torch.tensor([i])))[0]
-        for info in layers:
-            params = [model.get_parameter(n) for n in info.param_names]
-            grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-            grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
-            if info.kind == "linear":
-                w = grads[0]
-                if type(model.get_submodule(info.name)).__name__ == "Conv1D":
-                    w = w.T
-                w = w.reshape(info.d_out, -1)
-                if info.bias:
-                    w = torch.cat([w, grads[1][:, None]], 1)
-                out[info.name].append(w.reshape(-1).float())
-            else:
-                out[info.name].append(torch.cat([g.reshape(-1) for g in grads]).float())
-    return {k: torch.stack(v) for k, v in out.items()}
+    """The autograd loop of test_capture_paths, in float32 (the bf16/fp16 models)."""
+    return {k: v.float() for k, v in loop_reference(model, fn, batch, layers).items()}
 
 
 def capture(model, fn):

@@ -22,6 +22,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 
 from ..store import STORE_DTYPES, GradientStore, fingerprint_digest
+from ..store.store import _fsync_dir
 
 __all__ = ["ShardedStore", "open_store", "is_sharded", "shard_dir", "SHARDS"]
 
@@ -48,19 +49,6 @@ def read_layout(path: str) -> Dict[str, Any]:
         raise ValueError(f"{file} is not a grass sharded-store layout (format "
                          f"{layout.get('format')!r}, expected {SHARDS_FORMAT!r})")
     return layout
-
-
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory handles
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
 
 
 def write_layout(path: str, layout: Mapping[str, Any]) -> None:
